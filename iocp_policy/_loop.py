@@ -1,0 +1,22 @@
+"""``iocp_policy.Loop``: the scheduling core plus the I/O layers, assembled.
+
+Each layer is a mixin with one job, stacked in this order (later layers use
+earlier ones, never the other way round):
+
+- ``_core.LoopCore``   ready queue, timers, run loop, executors, handlers
+- ``_dns.DNSMixin``     getaddrinfo/getnameinfo, numeric shortcuts
+- ``_sock.SockMixin``   ``sock_*`` coroutines on the completion port
+"""
+
+from __future__ import annotations
+
+from ._sock import SockMixin
+
+
+class Loop(SockMixin):
+    """An asyncio event loop whose I/O core is a completion port.
+
+    ``Loop(backend=None)``: ``backend`` forces ``"io_uring"``, ``"iocp"`` or
+    ``"emulated"`` (default: ``$IOCP_POLICY_BACKEND``, else the native port of
+    the platform with a logged fallback to the emulated one).
+    """

@@ -1,0 +1,283 @@
+"""The completion-port interface every backend implements, and backend choice.
+
+A completion port here is the IOCP model reduced to what an asyncio loop
+needs:
+
+1. ``port.op(fileobj, callback)`` makes an *operation slot* bound to a socket
+   or file descriptor.  The slot is reusable: a transport keeps one for
+   receiving and one for sending and submits them again and again.
+2. ``port.recv(op, ...)``, ``port.send(op, ...)``, ... *submit* the operation.
+   From then on the operation's buffers belong to the OS.
+3. ``port.run(timeout)`` waits at most ``timeout`` seconds (``None``: until
+   something happens, ``0``: not at all) and calls ``op.callback(res)`` for
+   every completion, directly, in completion order.  ``res >= 0`` is the
+   result (bytes transferred, new fd, poll mask); ``res < 0`` is ``-errno``.
+   Multishot operations (accept, poll) call back once per event and stay
+   ``op.active`` until their last completion.
+4. ``port.cancel(op)`` asks for cancellation.  The callback still runs once
+   more with the final result: ``-ECANCELED``, or a real result if the
+   operation won the race.  Until that final callback the operation's memory
+   stays pinned; callers must treat a late success as real data.
+
+Rules the loop relies on, whatever the backend:
+
+* submissions never run callbacks synchronously (no re-entrancy), and never
+  drop work;
+* an operation is submitted at most once at a time (``RuntimeError``);
+* callbacks that raise an ``Exception`` are reported through
+  ``port.error_handler(op, exc)``; other ``BaseException`` s propagate out of
+  ``run()`` and the completions not yet dispatched stay queued;
+* ``wakeup()`` may be called from any thread;
+* ``close()`` cancels what is in flight, reaps it with a bounded wait, never
+  frees memory the OS may still write, and returns how many operations it
+  had to abandon.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import sys
+from typing import Any, Callable, Protocol, Union
+
+__all__ = [
+    "BackendUnavailableError",
+    "CompletionPort",
+    "Op",
+    "error_from_result",
+    "open_port",
+]
+
+logger = logging.getLogger("iocp_policy")
+
+FileLike = Union[int, Any]  # an int fd or an object with fileno()
+Callback = Callable[[int], object]
+
+# poll(2) bits used by ``port.poll``; identical on Linux and in our emulation.
+POLLIN = 0x001
+POLLPRI = 0x002
+POLLOUT = 0x004
+POLLERR = 0x008
+POLLHUP = 0x010
+
+ECANCELED = errno.ECANCELED
+
+
+class Op(Protocol):
+    """An operation slot.  Attributes are read after a completion."""
+
+    callback: Callback
+
+    @property
+    def active(self) -> bool: ...  # submitted and final completion not seen
+
+    @property
+    def cancelling(self) -> bool: ...
+
+    @property
+    def data(self) -> bytes | None: ...  # result of recv/recvfrom/read (taken on read)
+
+    @property
+    def address(self) -> Any: ...  # peer of the last recvfrom / one-shot accept
+
+    @property
+    def msg_flags(self) -> int: ...  # e.g. MSG_TRUNC after recvfrom
+
+    @property
+    def fd(self) -> int: ...
+
+    @property
+    def fileobj(self) -> Any: ...
+
+
+class CompletionPort(Protocol):
+    """What the loop core sees of a backend.  See the module docstring."""
+
+    name: str
+    error_handler: Callable[[Any, BaseException], object] | None
+
+    @property
+    def inflight(self) -> int: ...
+
+    def op(self, fileobj: FileLike, callback: Callback) -> Op: ...
+
+    def recv(self, op: Op, nbytes: int, flags: int = 0) -> None: ...
+
+    def recv_into(self, op: Op, buffer: Any, nbytes: int = 0, flags: int = 0) -> None: ...
+
+    def recvfrom(self, op: Op, nbytes: int, flags: int = 0) -> None: ...
+
+    def recvfrom_into(self, op: Op, buffer: Any, nbytes: int = 0, flags: int = 0) -> None: ...
+
+    def send(self, op: Op, data: Any, flags: int = 0) -> None: ...
+
+    def sendv(self, op: Op, buffers: Any) -> None: ...
+
+    def accept(self, op: Op, multishot: bool = False) -> None: ...
+
+    def poll(self, op: Op, events: int, multishot: bool = False) -> None: ...
+
+    def read(self, op: Op, nbytes: int) -> None: ...
+
+    def read_into(self, op: Op, buffer: Any, nbytes: int = 0) -> None: ...
+
+    def write(self, op: Op, data: Any) -> None: ...
+
+    def connect(self, op: Op, address: Any) -> None: ...  # res 0 or -errno
+
+    def sendfile(self, op: Op, in_fd: int, offset: int, count: int) -> None: ...  # res = bytes sent
+
+    def post(self, op: Op, res: int) -> None: ...  # deliver res as a completion
+
+    def cancel(self, op: Op) -> bool: ...
+
+    def run(self, timeout: float | None) -> None: ...
+
+    def wakeup(self) -> None: ...
+
+    def prepare_thread(self) -> None: ...  # the loop is about to run in this thread
+
+    def close(self, timeout: float = 5.0) -> int: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend forced with IOCP_POLICY_BACKEND (or ``backend=``) cannot run here."""
+
+
+def error_from_result(res: int) -> OSError:
+    """The exception for a negative completion result (``-errno``)."""
+    code = -res
+    # OSError(errno, msg) picks the right subclass (ConnectionResetError, ...).
+    return OSError(code, os.strerror(code))
+
+
+# -- backend choice ---------------------------------------------------------
+
+BACKENDS = ("io_uring", "iocp", "emulated")
+_reported: set[str] = set()  # fallback reasons already logged in this process
+
+
+def _native_backend() -> str | None:
+    if sys.platform == "win32":
+        return "iocp"
+    if sys.platform.startswith("linux"):
+        return "io_uring"
+    return None
+
+
+def _construct(name: str) -> CompletionPort:
+    """Build one backend; raises BackendUnavailableError with the reason."""
+    if name == "io_uring":
+        from ._port_uring import open_uring_port
+
+        return open_uring_port()
+    if name == "iocp":
+        if sys.platform != "win32":
+            raise BackendUnavailableError("the iocp backend needs Windows")
+        from ._port_iocp import IocpPort  # type: ignore[import-not-found,unused-ignore]
+
+        return IocpPort()  # type: ignore[no-any-return,unused-ignore]
+    if name == "emulated":
+        from ._port_emulated import EmulatedPort
+
+        return EmulatedPort()
+    raise BackendUnavailableError(
+        f"unknown backend {name!r}; IOCP_POLICY_BACKEND must be one of {', '.join(BACKENDS)}"
+    )
+
+
+def open_port(backend: str | None = None) -> tuple[CompletionPort, str | None]:
+    """Open the completion port for a new loop.
+
+    Returns ``(port, fallback_reason)``.  ``backend`` (or the environment
+    variable ``IOCP_POLICY_BACKEND``) forces one backend; forcing one that
+    cannot run raises :class:`BackendUnavailableError`.  Otherwise the native
+    backend is tried and, if it cannot be set up, the emulated one is used and
+    the reason is logged once per process.
+    """
+    requested = backend or os.environ.get("IOCP_POLICY_BACKEND", "").strip() or "auto"
+    if requested != "auto":
+        return _construct(requested), None
+    native = _native_backend()
+    if native is None:
+        return _construct("emulated"), None
+    try:
+        return _construct(native), None
+    except BackendUnavailableError as exc:
+        reason = str(exc)
+    port = _construct("emulated")
+    if reason not in _reported:
+        _reported.add(reason)
+        logger.warning("iocp_policy: %s backend unavailable (%s); using the emulated backend", native, reason)
+    return port, reason
+
+
+# -- operations built from readiness --------------------------------------------
+#
+# Backends whose kernel interface has no cheap native form of an operation
+# (io_uring's CONNECT would need our own sockaddr encoding; neither io_uring
+# nor selectors have sendfile(2)) build it from a POLLOUT completion and the
+# plain syscall.  IOCP has native ConnectEx/TransmitFile instead.
+
+_IN_PROGRESS = {errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK, errno.EALREADY,
+                getattr(errno, "WSAEWOULDBLOCK", -1)}
+
+
+def connect_via_poll(port: CompletionPort, op: Op, address: Any) -> None:
+    """Non-blocking connect(2); the completion comes when the socket turns
+    writable, with the result read from SO_ERROR.  Bad addresses raise here."""
+    sock = op.fileobj
+    err = sock.connect_ex(address)
+    if err not in _IN_PROGRESS:
+        port.post(op, -err if err else 0)
+        return
+    user_callback = op.callback
+
+    def writable(res: int) -> None:
+        op.callback = user_callback
+        if res >= 0:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            res = -err if err else 0
+        user_callback(res)
+
+    op.callback = writable
+    port.poll(op, POLLOUT)
+
+
+def sendfile_via_poll(port: CompletionPort, op: Op, in_fd: int, offset: int, count: int) -> None:
+    """One zero-copy sendfile(2) of up to ``count`` bytes, retried each time
+    the socket turns writable until it moves some bytes or fails."""
+    if not hasattr(os, "sendfile"):
+        port.post(op, -errno.ENOSYS)  # the caller falls back to read + send
+        return
+    out_fd = op.fd
+    user_callback = op.callback
+
+    def attempt() -> int | None:
+        try:
+            return os.sendfile(out_fd, in_fd, offset, count)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            return -(exc.errno or errno.EIO)
+
+    def writable(res: int) -> None:
+        if res >= 0:
+            again = attempt()
+            if again is None:
+                port.poll(op, POLLOUT)  # still full: wait again
+                return
+            res = again
+        op.callback = user_callback
+        user_callback(res)
+
+    res = attempt()
+    if res is not None:
+        port.post(op, res)
+        return
+    op.callback = writable
+    port.poll(op, POLLOUT)

@@ -1,0 +1,103 @@
+"""Differential test harness.
+
+Every test that takes ``loop_factory`` (or ``run`` / ``loop``) runs once per
+loop: each available backend of ours and the stdlib loop of the platform.
+The same assertions must hold on all of them; a backend that cannot run on
+this machine is skipped with the reason it cannot.
+
+``IOCP_TEST_LOOPS=io_uring,stdlib`` restricts the set (the sanitizer job uses
+it to run only the native backend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any, Callable, Coroutine
+
+import pytest
+
+import iocp_policy
+from iocp_policy._port import BackendUnavailableError, open_port
+
+NATIVE = "iocp" if sys.platform == "win32" else "io_uring"
+ALL_LOOPS = [NATIVE, "emulated", "stdlib"]
+OURS = [NATIVE, "emulated"]
+
+
+def _selected(names: list[str]) -> list[str]:
+    only = os.environ.get("IOCP_TEST_LOOPS")
+    if not only:
+        return names
+    wanted = {n.strip() for n in only.split(",")}
+    return [n for n in names if n in wanted]
+
+
+_availability: dict[str, str | None] = {}
+
+
+def unavailable_reason(name: str) -> str | None:
+    if name == "stdlib":
+        return None
+    if name not in _availability:
+        try:
+            port, _ = open_port(name)
+        except BackendUnavailableError as exc:
+            _availability[name] = str(exc)
+        else:
+            port.close()
+            _availability[name] = None
+    return _availability[name]
+
+
+def make_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if name == "stdlib":
+        return asyncio.new_event_loop
+    return lambda: iocp_policy.new_event_loop(backend=name)
+
+
+def _param(name: str) -> Any:
+    reason = unavailable_reason(name)
+    marks = [pytest.mark.skip(reason=f"{name} backend unavailable here: {reason}")] if reason else []
+    return pytest.param(name, id=name, marks=marks)
+
+
+@pytest.fixture(params=[_param(n) for n in _selected(ALL_LOOPS)])
+def loop_name(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=[_param(n) for n in _selected(OURS)])
+def our_loop_name(request: pytest.FixtureRequest) -> str:
+    """Only our backends: for features the stdlib loop does not have."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def loop_factory(loop_name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    return make_factory(loop_name)
+
+
+@pytest.fixture
+def run(loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> Callable[..., Any]:
+    """run(coro, debug=False): run a coroutine to completion on a fresh loop."""
+
+    def _run(coro: Coroutine[Any, Any, Any], debug: bool = False) -> Any:
+        with asyncio.Runner(loop_factory=loop_factory, debug=debug) as runner:
+            return runner.run(coro)
+
+    return _run
+
+
+@pytest.fixture
+def loop(loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> Any:
+    lp = loop_factory()
+    yield lp
+    if not lp.is_closed():
+        lp.close()
+
+
+@pytest.fixture
+def port_name(our_loop_name: str) -> str:
+    return our_loop_name
