@@ -69,8 +69,8 @@ class LoopCore(asyncio.AbstractEventLoop):
     _port: CompletionPort
 
     def __init__(self, *, backend: str | None = None) -> None:
-        self._closed = False
         port, reason = open_port(backend)
+        self._closed = False  # set only once there is a port to close
         self._port = port
         self._backend_fallback_reason = reason
         port.error_handler = self._completion_error

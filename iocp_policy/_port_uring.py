@@ -32,6 +32,8 @@ inject_errno: str | None = None
 
 SQ_ENTRIES = 1024
 CQ_FACTOR = 4
+# Setup flags to treat as refused by the kernel (tests exercise each fallback level).
+REJECT_FLAGS = 0
 
 
 def _read_sysctl(path: str) -> str | None:
@@ -116,6 +118,6 @@ def open_uring_port() -> Any:
         code = getattr(errno, injected)
         raise BackendUnavailableError(explain_setup_error(code) + " [injected for testing]")
     try:
-        return UringPort(SQ_ENTRIES, CQ_FACTOR)
+        return UringPort(SQ_ENTRIES, CQ_FACTOR, REJECT_FLAGS)
     except OSError as exc:
         raise BackendUnavailableError(explain_setup_error(exc.errno or 0, exc.strerror or "")) from exc

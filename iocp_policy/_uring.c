@@ -447,7 +447,7 @@ typedef struct {
     PyObject *error_handler;
     unsigned char opcodes[256];
     unsigned p_entries, p_cq_factor, p_reject; /* constructor arguments, for reset() */
-    unsigned long long n_enter, n_submit, n_cqe, n_wait;
+    unsigned long long n_enter, n_submit, n_cqe, n_wait, n_overflow;
 } RingObject;
 
 static PyTypeObject Ring_Type;
@@ -1107,6 +1107,7 @@ static PyObject *Ring_run(RingObject *r, PyObject *timeout_obj) {
         if (!(load_acquire(r->sq_kflags) & IORING_SQ_CQ_OVERFLOW)) break;
         /* The kernel kept CQEs that did not fit (IORING_FEAT_NODROP); an
            enter with GETEVENTS moves them into the CQ. */
+        r->n_overflow++;
         int ret = ring_enter(r, 0, 0, IORING_ENTER_GETEVENTS, -1, 0);
         if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) break;
     }
@@ -1250,17 +1251,27 @@ static int Ring_traverse(RingObject *r, visitproc visit, void *arg) {
     return 0;
 }
 
+/* Shutdown from GC or dealloc: these may run while an exception is being
+   raised (e.g. a failed __init__), which must survive untouched. */
+static void ring_shutdown_quietly(RingObject *r) {
+    if (r->closed || r->head.next == NULL) return;
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    ring_shutdown(r, 1.0);
+    PyErr_Clear();
+    PyErr_Restore(t, v, tb);
+}
+
 static int Ring_clear(RingObject *r) {
     Py_CLEAR(r->error_handler);
     /* In-flight ops stay referenced: shutdown reaps or buries them. */
-    if (!r->closed && r->head.next != NULL) ring_shutdown(r, 1.0);
+    ring_shutdown_quietly(r);
     return 0;
 }
 
 static void Ring_dealloc(RingObject *r) {
     PyObject_GC_UnTrack(r);
-    if (!r->closed && r->head.next != NULL) ring_shutdown(r, 1.0);
-    if (PyErr_Occurred()) PyErr_Clear();
+    ring_shutdown_quietly(r);
     Py_CLEAR(r->error_handler);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
@@ -1452,14 +1463,14 @@ static PyObject *Ring_info(RingObject *r, PyObject *unused) {
     PyObject *feat = flag_names(r->features, fbits, fnames, 10);
     PyObject *res = NULL;
     if (setup && feat)
-        res = Py_BuildValue("{s:N,s:N,s:I,s:I,s:O,s:n,s:K,s:K,s:K,s:K,s:i}",
+        res = Py_BuildValue("{s:N,s:N,s:I,s:I,s:O,s:n,s:K,s:K,s:K,s:K,s:K,s:i}",
                             "setup_flags", setup, "features", feat,
                             "sq_entries", r->sq_entries, "cq_entries", r->cq_entries,
                             "registered_ring_fd", r->reg_index >= 0 ? Py_True : Py_False,
                             "inflight", r->ninflight,
                             "enters", r->n_enter, "waits", r->n_wait,
                             "submitted", r->n_submit, "completions", r->n_cqe,
-                            "abandoned", r->abandoned);
+                            "overflow_flushes", r->n_overflow, "abandoned", r->abandoned);
     else { Py_XDECREF(setup); Py_XDECREF(feat); }
     return res;
 }
