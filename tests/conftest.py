@@ -51,6 +51,15 @@ def unavailable_reason(name: str) -> str | None:
     return _availability[name]
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """CI sets IOCP_TEST_REQUIRE_NATIVE=1: a missing native backend is then a
+    failure, not a quiet skip (a pure-Python install would pass otherwise)."""
+    if os.environ.get("IOCP_TEST_REQUIRE_NATIVE") == "1":
+        reason = unavailable_reason(NATIVE)
+        if reason:
+            raise pytest.UsageError(f"IOCP_TEST_REQUIRE_NATIVE=1 but the {NATIVE} backend is unavailable: {reason}")
+
+
 def make_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if name == "stdlib":
         return asyncio.new_event_loop
