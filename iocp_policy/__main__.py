@@ -9,6 +9,7 @@ USAGE = """usage: python -m iocp_policy COMMAND [options]
 commands:
   info [--json]        backend, ring flags and features in use, compiled or pure
   demo [--backend B]   a sock_* echo server and client on this loop, with timings
+  bench [options]      benchmarks against asyncio, uvloop, rloop (see --help)
 """
 
 
@@ -25,6 +26,10 @@ def main(argv: list[str]) -> int:
         from ._demo import main as demo_main
 
         return demo_main(rest)
+    if cmd == "bench":
+        from ._bench import main as bench_main
+
+        return bench_main(rest)
     print(f"unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

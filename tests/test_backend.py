@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ def run_child(code: str, *, seccomp: bool = False, env: dict[str, str] | None = 
     args = [sys.executable, str(HERE / "seccomp_child.py"), code] if seccomp else [sys.executable, "-c", code]
     full_env = {**os.environ, **(env or {})}
     full_env.pop("IOCP_POLICY_BACKEND", None)
-    return subprocess.run(args, capture_output=True, text=True, timeout=60, env=full_env)
+    # cwd outside the checkout: the child must import the installed package, not the source tree
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, env=full_env,
+                          cwd=tempfile.gettempdir())
 
 
 CHILD_ECHO = """
@@ -133,7 +136,7 @@ def test_env_var_forces_emulated(monkeypatch: Any) -> None:
 
 def test_info_cli_reports_backend_and_flags() -> None:
     proc = subprocess.run([sys.executable, "-m", "iocp_policy", "info", "--json"],
-                          capture_output=True, text=True, timeout=60,
+                          capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir(),
                           env={k: v for k, v in os.environ.items() if k != "IOCP_POLICY_BACKEND"})
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -148,9 +151,9 @@ def test_info_cli_reports_backend_and_flags() -> None:
 def test_info_cli_text_and_demo() -> None:
     env = {k: v for k, v in os.environ.items() if k != "IOCP_POLICY_BACKEND"}
     info = subprocess.run([sys.executable, "-m", "iocp_policy", "info"], capture_output=True, text=True,
-                          timeout=60, env=env)
+                          timeout=60, env=env, cwd=tempfile.gettempdir())
     assert info.returncode == 0 and "backend" in info.stdout
     demo = subprocess.run([sys.executable, "-m", "iocp_policy", "demo", "--messages", "50"],
-                          capture_output=True, text=True, timeout=60, env=env)
+                          capture_output=True, text=True, timeout=60, env=env, cwd=tempfile.gettempdir())
     assert demo.returncode == 0, demo.stderr
     assert "all verified" in demo.stdout

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from typing import Any
@@ -107,7 +108,8 @@ def test_ctrl_c_cancels_main_task(backend: str) -> None:
         "    sys.exit(42)\n"
     )
     env = {**os.environ, "IOCP_POLICY_BACKEND": backend}
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env,
+                            cwd=tempfile.gettempdir())  # import the installed package
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.1)  # let it block in the kernel

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import gc
+import inspect
 import logging
 import sys
 import threading
@@ -199,7 +200,18 @@ def test_stop_before_run_forever_runs_one_iteration(loop: asyncio.AbstractEventL
     assert not loop.is_running()
 
 
-def test_running_state_and_reentrancy(loop: asyncio.AbstractEventLoop) -> None:
+def _stdlib_nested_run_clears_state() -> bool:
+    """CPython 3.13.0 runs run_forever's cleanup even when its setup refused a
+    nested run, which marks the *outer* run as stopped."""
+    src = inspect.getsource(asyncio.BaseEventLoop.run_forever)
+    return "try:\n            self._run_forever_setup()" in src
+
+
+def test_running_state_and_reentrancy(loop: asyncio.AbstractEventLoop, loop_name: str,
+                                      request: Any) -> None:
+    if loop_name == "stdlib" and _stdlib_nested_run_clears_state():
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="this CPython's refused nested run_forever() clears the outer loop's state"))
     errors: list[str] = []
 
     def inside() -> None:
@@ -454,7 +466,9 @@ def test_shutdown_default_executor_then_refuse(run: Any) -> None:
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="the timeout argument is 3.12+ in the stdlib")
-def test_shutdown_default_executor_timeout_warns(run: Any) -> None:
+def test_shutdown_default_executor_timeout_warns(run: Any, loop_name: str) -> None:
+    if loop_name == "stdlib" and "timeout(" not in inspect.getsource(asyncio.BaseEventLoop.shutdown_default_executor):
+        pytest.skip("this CPython waits for the executor before applying the timeout (fixed in later 3.12.x)")
     ev = threading.Event()
 
     async def main() -> None:

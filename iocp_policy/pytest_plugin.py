@@ -1,0 +1,1 @@
+"""pytest plugin (issue 6): placeholder, inert until implemented."""
