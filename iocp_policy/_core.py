@@ -93,6 +93,8 @@ class LoopCore(asyncio.AbstractEventLoop):
         self._executor_shutdown_called = False
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth: int | None = None
+        # fd -> transport owning it, so sock_*/add_reader can refuse those fds.
+        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
 

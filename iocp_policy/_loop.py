@@ -6,14 +6,17 @@ earlier ones, never the other way round):
 - ``_core.LoopCore``   ready queue, timers, run loop, executors, handlers
 - ``_dns.DNSMixin``     getaddrinfo/getnameinfo, numeric shortcuts
 - ``_sock.SockMixin``   ``sock_*`` coroutines on the completion port
+- ``_net.NetMixin``     connections, servers, unix sockets, TLS, sendfile
+- ``_datagram.DatagramMixin``  create_datagram_endpoint
 """
 
 from __future__ import annotations
 
-from ._sock import SockMixin
+from ._datagram import DatagramMixin
+from ._net import NetMixin
 
 
-class Loop(SockMixin):
+class Loop(DatagramMixin, NetMixin):
     """An asyncio event loop whose I/O core is a completion port.
 
     ``Loop(backend=None)``: ``backend`` forces ``"io_uring"``, ``"iocp"`` or
