@@ -35,6 +35,8 @@ _ECANCELED = -errno.ECANCELED
 _LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
 _PY312 = sys.version_info >= (3, 12)
 _HEADER = 8 if _PY312 else 0
+# The stdlib's wording changed in 3.13; code and tests match on it.
+_NOT_DGRAM = "A datagram socket was expected" if sys.version_info >= (3, 13) else "A UDP Socket was expected"
 
 
 class DatagramTransport(PortTransport, asyncio.DatagramTransport):
@@ -199,7 +201,7 @@ class DatagramMixin:
         loop: Any = self
         if sock is not None:
             if sock.type == socket.SOCK_STREAM:
-                raise ValueError(f"A datagram socket was expected, got {sock!r}")
+                raise ValueError(f"{_NOT_DGRAM}, got {sock!r}")
             if local_addr or remote_addr or family or proto or flags or reuse_port or allow_broadcast:
                 opts = dict(local_addr=local_addr, remote_addr=remote_addr, family=family, proto=proto,
                             flags=flags, reuse_port=reuse_port, allow_broadcast=allow_broadcast)

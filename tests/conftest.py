@@ -51,9 +51,27 @@ def unavailable_reason(name: str) -> str | None:
     return _availability[name]
 
 
+def open_fds() -> set[int]:
+    try:
+        return {int(fd) for fd in os.listdir("/proc/self/fd")}
+    except OSError:
+        return set()
+
+
+def describe_fd(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
+
+
+FDS_AT_START: set[int] = set()
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """CI sets IOCP_TEST_REQUIRE_NATIVE=1: a missing native backend is then a
     failure, not a quiet skip (a pure-Python install would pass otherwise)."""
+    FDS_AT_START.update(open_fds())
     if os.environ.get("IOCP_TEST_REQUIRE_NATIVE") == "1":
         reason = unavailable_reason(NATIVE)
         if reason:
