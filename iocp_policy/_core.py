@@ -31,12 +31,14 @@ import traceback
 import warnings
 import weakref
 from asyncio import events, futures, tasks
-from typing import Any, Awaitable, Callable, Coroutine, Generator, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 from ._handles import Handle, TimerHandle
 from ._port import CompletionPort, open_port
 
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 # The stdlib's logger: applications configure it and tests capture it.
 logger = logging.getLogger("asyncio")
@@ -129,7 +131,7 @@ class LoopCore(asyncio.AbstractEventLoop):
     def time(self) -> float:
         return time.monotonic()
 
-    def call_soon(self, callback: Callable[..., object], *args: Any,
+    def call_soon(self, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts,
                   context: contextvars.Context | None = None) -> Handle:
         if self._closed:
             raise RuntimeError("Event loop is closed")
@@ -149,7 +151,7 @@ class LoopCore(asyncio.AbstractEventLoop):
         self._ready.append(handle)
         return handle
 
-    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any,
+    def call_soon_threadsafe(self, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts,
                              context: contextvars.Context | None = None) -> Handle:
         if self._closed:
             raise RuntimeError("Event loop is closed")
@@ -168,7 +170,7 @@ class LoopCore(asyncio.AbstractEventLoop):
         """Wake the loop from any thread (name kept for libraries that call it)."""
         self._port.wakeup()
 
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any,
+    def call_later(self, delay: float, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts,
                    context: contextvars.Context | None = None) -> TimerHandle:
         if delay is None:
             raise TypeError("delay must not be None")
@@ -177,7 +179,7 @@ class LoopCore(asyncio.AbstractEventLoop):
             del timer._source_traceback[-1]
         return timer
 
-    def call_at(self, when: float, callback: Callable[..., object], *args: Any,
+    def call_at(self, when: float, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts,
                 context: contextvars.Context | None = None) -> TimerHandle:
         if when is None:
             raise TypeError("when cannot be None")
@@ -263,12 +265,12 @@ class LoopCore(asyncio.AbstractEventLoop):
                 if entry[0] >= end:
                     break
                 heappop(timers)
-                handle = entry[2]
-                handle._scheduled = False
-                if handle._cancelled:
+                timer = entry[2]
+                timer._scheduled = False
+                if timer._cancelled:
                     self._timer_cancelled_count -= 1
                 else:
-                    ready.append(handle)
+                    ready.append(timer)
 
         ntodo = len(ready)
         if self._debug:
@@ -322,11 +324,11 @@ class LoopCore(asyncio.AbstractEventLoop):
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*old_agen_hooks)
 
-    def run_until_complete(self, future: Awaitable[_T]) -> _T:
+    def run_until_complete(self, future: Generator[Any, None, _T] | Awaitable[_T]) -> _T:
         self._check_closed()
         self._check_running()
         new_task = not futures.isfuture(future)
-        fut: asyncio.Future[_T] = tasks.ensure_future(future, loop=self)
+        fut: asyncio.Future[_T] = tasks.ensure_future(future, loop=self)  # type: ignore[arg-type]
         if new_task:
             # An exception raised by the task is consumed here; don't log it.
             fut._log_destroy_pending = False  # type: ignore[attr-defined]
@@ -427,7 +429,8 @@ class LoopCore(asyncio.AbstractEventLoop):
         if self._executor_shutdown_called:
             raise RuntimeError("Executor shutdown has been called")
 
-    def run_in_executor(self, executor: Any, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+    def run_in_executor(self, executor: Any, func: Callable[[Unpack[_Ts]], _T],
+                        *args: *_Ts) -> asyncio.Future[_T]:
         self._check_closed()
         if self._debug:
             self._check_callback(func, "run_in_executor")
@@ -565,7 +568,7 @@ class LoopCore(asyncio.AbstractEventLoop):
         if self._asyncgens_shutdown_called:
             warnings.warn(
                 f"asynchronous generator {agen!r} was scheduled after loop.shutdown_asyncgens() call",
-                ResourceWarning, source=self,
+                ResourceWarning, source=self, stacklevel=1,
             )
         self._asyncgens.add(agen)
 

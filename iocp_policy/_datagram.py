@@ -23,7 +23,8 @@ import socket
 import stat
 import sys
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._net import set_reuseport
 from ._port import POLLOUT, error_from_result

@@ -33,7 +33,7 @@ def numeric_addrinfo(host: Any, port: Any, family: int, type: int, proto: int,
         except (TypeError, ValueError):
             return None  # a service name: getaddrinfo must look it up
     if family == socket.AF_UNSPEC:
-        candidates = [socket.AF_INET, socket.AF_INET6] if _HAS_IPV6 else [socket.AF_INET]
+        candidates: list[int] = [socket.AF_INET, socket.AF_INET6] if _HAS_IPV6 else [socket.AF_INET]
     else:
         candidates = [family]
     if isinstance(host, bytes):
@@ -53,10 +53,8 @@ def numeric_addrinfo(host: Any, port: Any, family: int, type: int, proto: int,
 
 class DNSMixin(LoopCore):
     async def getaddrinfo(self, host: Any, port: Any, *, family: int = 0, type: int = 0,
-                          proto: int = 0, flags: int = 0) -> list[AddrInfo]:
-        return await self.run_in_executor(  # type: ignore[no-any-return]
-            None, socket.getaddrinfo, host, port, family, type, proto, flags
-        )
+                          proto: int = 0, flags: int = 0) -> list[Any]:
+        return await self.run_in_executor(None, socket.getaddrinfo, host, port, family, type, proto, flags)
 
     async def getnameinfo(self, sockaddr: tuple[Any, ...], flags: int = 0) -> tuple[str, str]:
         return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)

@@ -13,7 +13,8 @@ import asyncio
 import contextvars
 import sys
 from asyncio import format_helpers
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _copy_context = contextvars.copy_context
 
@@ -37,7 +38,7 @@ class Handle(asyncio.Handle):
         if loop._debug:
             self._source_traceback = format_helpers.extract_stack(sys._getframe(1))
         else:
-            self._source_traceback = None
+            self._source_traceback = None  # type: ignore[assignment]
 
 
 class TimerHandle(asyncio.TimerHandle):
@@ -62,4 +63,4 @@ class TimerHandle(asyncio.TimerHandle):
         if loop._debug:
             self._source_traceback = format_helpers.extract_stack(sys._getframe(1))
         else:
-            self._source_traceback = None
+            self._source_traceback = None  # type: ignore[assignment]

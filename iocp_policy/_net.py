@@ -20,7 +20,8 @@ import socket
 import stat
 import sys
 from asyncio import sslproto, staggered, trsock
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ._server import Server
 from ._sock import SockMixin
@@ -150,8 +151,9 @@ class NetMixin(SockMixin):
                             server: Any = None, ssl_handshake_timeout: float | None = None,
                             ssl_shutdown_timeout: float | None = None) -> Any:
         ssl_protocol = sslproto.SSLProtocol(
-            self, protocol, sslcontext, waiter, server_side, server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
+            self, protocol, sslcontext, waiter, server_side, server_hostname,  # type: ignore[arg-type]
+            ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]  # typeshed says int
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         StreamTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
@@ -569,8 +571,8 @@ class NetMixin(SockMixin):
         waiter = self.create_future()
         ssl_protocol = sslproto.SSLProtocol(
             self, protocol, sslcontext, waiter, server_side, server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
-            call_connection_made=False,
+            ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]  # typeshed says int
+            ssl_shutdown_timeout=ssl_shutdown_timeout, call_connection_made=False,
         )
         # Pause first so nothing reaches the TLS protocol before connection_made().
         transport.pause_reading()

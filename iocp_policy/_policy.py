@@ -6,7 +6,8 @@ import asyncio
 import sys
 import warnings
 from asyncio import events
-from typing import Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from ._loop import Loop
 
@@ -15,9 +16,7 @@ _T = TypeVar("_T")
 # Policies are deprecated from Python 3.14 (gh-127949) and go away in 3.16.
 POLICIES_DEPRECATED = sys.version_info >= (3, 14)
 
-_BasePolicy: Any = getattr(events, "BaseDefaultEventLoopPolicy", None) or getattr(
-    events, "_BaseDefaultEventLoopPolicy"
-)
+_BasePolicy: Any = getattr(events, "BaseDefaultEventLoopPolicy", None) or events._BaseDefaultEventLoopPolicy
 
 
 def new_event_loop(*, backend: str | None = None) -> Loop:

@@ -29,7 +29,8 @@ import logging
 import os
 import socket
 from asyncio import trsock
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger("asyncio")
 

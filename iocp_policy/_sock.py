@@ -23,7 +23,8 @@ import os
 import socket
 import weakref
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._dns import DNSMixin
 from ._port import POLLOUT, error_from_result

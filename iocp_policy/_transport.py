@@ -21,7 +21,8 @@ import asyncio
 import logging
 import warnings
 from asyncio import trsock
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._flow import FlowControl
 
@@ -38,6 +39,7 @@ class PortTransport(FlowControl):
 
     _loop: Any
     _protocol: Any
+    _extra: dict[str, Any]  # set by asyncio.BaseTransport.__init__
 
     def __init__(self, loop: Any, fileobj: Any, fd: int, server: Any = None) -> None:
         self._loop = loop

@@ -26,7 +26,8 @@ needs_uring = pytest.mark.skipif(
 )
 
 
-def run_child(code: str, *, seccomp: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_child(code: str, *, seccomp: bool = False,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     args = [sys.executable, str(HERE / "seccomp_child.py"), code] if seccomp else [sys.executable, "-c", code]
     full_env = {**os.environ, **(env or {})}
     full_env.pop("IOCP_POLICY_BACKEND", None)
@@ -61,7 +62,7 @@ def test_seccomp_blocked_io_uring_falls_back_and_says_so() -> None:
     for backend, reason in results:
         assert backend == "emulated"
         assert reason.startswith("io_uring_setup() failed with EPERM") and "seccomp" in reason
-    warnings = [l for l in proc.stderr.splitlines() if "backend unavailable" in l]
+    warnings = [line for line in proc.stderr.splitlines() if "backend unavailable" in line]
     assert len(warnings) == 1, proc.stderr  # reported once, not per loop
     assert "using the emulated backend" in warnings[0]
 

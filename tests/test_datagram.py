@@ -143,7 +143,7 @@ def test_create_datagram_endpoint_argument_errors(run: Any) -> None:
         with pytest.raises(TypeError, match="2-tuple is expected"):
             await loop.create_datagram_endpoint(Collector, local_addr=("127.0.0.1", 0, 0))
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        with pytest.raises(ValueError, match="A (datagram|UDP) [sS]ocket was expected"):
+        with pytest.raises(ValueError, match=r"A (datagram|UDP) [sS]ocket was expected"):
             await loop.create_datagram_endpoint(Collector, sock=s)
         s.close()
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -10,7 +10,6 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Any
 
 import pytest
 

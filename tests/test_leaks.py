@@ -6,7 +6,6 @@ import asyncio
 import gc
 import os
 import socket
-import sys
 from typing import Any
 
 import pytest

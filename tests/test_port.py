@@ -320,7 +320,7 @@ def test_uring_degraded_rings_work(reject: str, monkeypatch: Any) -> None:
     for i in range(50):
         p.recv(op, 100)
         b.send(b"m%d" % i)
-        pump(p, lambda: len(got) == i + 1)
+        pump(p, lambda n=i + 1: len(got) == n)  # type: ignore[misc]
     t = threading.Timer(0.02, p.wakeup)
     t.start()
     p.run(5)

@@ -184,7 +184,7 @@ def test_run_until_complete_stopped_early(loop: asyncio.AbstractEventLoop) -> No
 
     loop.call_soon(loop.stop)
     task = loop.create_task(forever())
-    with pytest.raises(RuntimeError, match="Event loop stopped before Future completed."):
+    with pytest.raises(RuntimeError, match=r"Event loop stopped before Future completed\."):
         loop.run_until_complete(task)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

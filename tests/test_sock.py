@@ -47,10 +47,14 @@ def test_echo_server_unchanged(run: Any) -> None:
         loop = asyncio.get_running_loop()
         ls = tcp_listener()
 
+        handlers: set[asyncio.Task[None]] = set()
+
         async def server() -> None:
             while True:
                 conn, _ = await loop.sock_accept(ls)
-                loop.create_task(handle(loop, conn))
+                task = loop.create_task(handle(loop, conn))
+                handlers.add(task)
+                task.add_done_callback(handlers.discard)
 
         srv_task = loop.create_task(server())
         replies = []
@@ -258,7 +262,7 @@ def test_cancelled_recv_loses_no_data(run: Any, loop_name: str, request: Any) ->
             # loop that lost bytes would wait here forever: fail instead.
             try:
                 await asyncio.wait_for(drain(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise AssertionError(f"bytes lost: got {len(received)} of {len(sent)}") from None
         for s in (ls, cl, srv):
             s.close()

@@ -208,7 +208,7 @@ def test_pause_reading_with_data_in_flight(run: Any) -> None:
         await sp.lost
         server.close()
         await server.wait_closed()
-        return bytes(sp.data) == b"".join(chunks) and b"ok" or b"mismatch"
+        return (bytes(sp.data) == b"".join(chunks) and b"ok") or b"mismatch"
 
     assert run(main()) == b"ok"
 

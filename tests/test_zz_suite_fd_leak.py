@@ -6,9 +6,8 @@ import gc
 import os
 import sys
 
-import pytest
-
 import conftest
+import pytest
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc/self/fd")
