@@ -41,7 +41,10 @@ _NOT_DGRAM = "A datagram socket was expected" if sys.version_info >= (3, 13) els
 
 
 class DatagramTransport(PortTransport, asyncio.DatagramTransport):
-    max_size = 256 * 1024
+    max_size = 256 * 1024  # unix datagrams can be this large
+    # An IP datagram carries at most 65,507 bytes, so 64 KiB never truncates,
+    # and stays under glibc's mmap threshold (no mmap/munmap per datagram).
+    inet_size = 64 * 1024
 
     def __init__(self, loop: Any, sock: socket.socket, protocol: asyncio.BaseProtocol, address: Any = None,
                  waiter: asyncio.Future[Any] | None = None, extra: dict[str, Any] | None = None) -> None:
@@ -53,6 +56,7 @@ class DatagramTransport(PortTransport, asyncio.DatagramTransport):
         self._address = address
         self._buffer: deque[tuple[bytes, Any]] = deque()
         self._buffer_size = 0
+        self._rsize = self.inet_size if sock.family in (socket.AF_INET, socket.AF_INET6) else self.max_size
         loop._transports[self._sock_fd] = self
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start_reading)
@@ -81,7 +85,7 @@ class DatagramTransport(PortTransport, asyncio.DatagramTransport):
 
     def _start_reading(self) -> None:
         if not self._closing and not self._rop.active:
-            self._port.recvfrom(self._rop, self.max_size)
+            self._port.recvfrom(self._rop, self._rsize)
 
     def _on_read(self, res: int) -> None:
         if self._closing:
