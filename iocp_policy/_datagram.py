@@ -9,8 +9,8 @@ Receiving keeps one ``recvfrom`` outstanding on the port (io_uring:
 Sending tries ``sendto()`` directly (a datagram either fits in the socket
 buffer or it does not); datagrams that would block are queued and flushed
 each time the port reports the socket writable.  Buffer accounting follows
-the running Python: from 3.12 each queued datagram also counts 8 bytes of
-header and empty datagrams are sent; 3.11 drops empty ones.
+the running Python: from 3.13 each queued datagram also counts 8 bytes of
+header and empty datagrams are sent; earlier versions drop empty ones.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ logger = logging.getLogger("asyncio")
 
 _ECANCELED = -errno.ECANCELED
 _LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
-_PY312 = sys.version_info >= (3, 12)
-_HEADER = 8 if _PY312 else 0
+_PY313 = sys.version_info >= (3, 13)
+_HEADER = 8 if _PY313 else 0
 # The stdlib's wording changed in 3.13; code and tests match on it.
 _NOT_DGRAM = "A datagram socket was expected" if sys.version_info >= (3, 13) else "A UDP Socket was expected"
 
@@ -109,7 +109,7 @@ class DatagramTransport(PortTransport, asyncio.DatagramTransport):
     def sendto(self, data: Any, addr: Any = None) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
-        if not data and not _PY312:
+        if not data and not _PY313:
             return
         if self._address:
             if addr not in (None, self._address):
