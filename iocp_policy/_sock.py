@@ -126,6 +126,12 @@ class SockMixin(DNSMixin):
         if fut is not None and not fut.done():
             fut.set_result(None)
 
+    def _sock_op(self, sock: Any, done: Callable[[int], None]) -> Any:
+        """An op for a sock_* call that has to wait: like the stdlib, refuse a
+        socket that a transport owns (both would consume its data)."""
+        self._ensure_fd_no_transport(sock)
+        return self._port.op(sock, done)
+
     # -- waiting on an op --------------------------------------------------------
 
     async def _await_op(self, fut: asyncio.Future[Any], op: Any,
@@ -156,7 +162,7 @@ class SockMixin(DNSMixin):
             else:
                 fut.set_result(None)
 
-        op = self._port.op(sock, done)
+        op = self._sock_op(sock, done)
         self._port.poll(op, events)
         await self._await_op(fut, op)
 
@@ -185,7 +191,7 @@ class SockMixin(DNSMixin):
             else:
                 fut.set_result(op.data or b"")
 
-        op = self._port.op(sock, done)
+        op = self._sock_op(sock, done)
         self._port.recv(op, n)
         return await self._await_op(  # type: ignore[no-any-return]
             fut, op, lambda data: self._stash_stream(sock, data), sock
@@ -216,7 +222,7 @@ class SockMixin(DNSMixin):
             else:
                 fut.set_result(res)
 
-        op = self._port.op(sock, done)
+        op = self._sock_op(sock, done)
         self._port.recv_into(op, view)
         return await self._await_op(  # type: ignore[no-any-return]
             fut, op, lambda n: self._stash_stream(sock, bytes(view[:n])), sock
@@ -245,7 +251,7 @@ class SockMixin(DNSMixin):
             else:
                 fut.set_result((op.data or b"", op.address))
 
-        op = self._port.op(sock, done)
+        op = self._sock_op(sock, done)
         self._port.recvfrom(op, bufsize)
         return await self._await_op(  # type: ignore[no-any-return]
             fut, op, lambda r: self._stash_datagram(sock, r[0], r[1]), sock
@@ -279,7 +285,7 @@ class SockMixin(DNSMixin):
             else:
                 fut.set_result((res, op.address))
 
-        op = self._port.op(sock, done)
+        op = self._sock_op(sock, done)
         self._port.recvfrom_into(op, view, nbytes)
         return await self._await_op(  # type: ignore[no-any-return]
             fut, op, lambda r: self._stash_datagram(sock, bytes(view[: r[0]]), r[1]), sock
@@ -317,7 +323,7 @@ class SockMixin(DNSMixin):
             else:
                 fut.set_result(None)
 
-        op = self._port.op(sock, done)
+        op = self._sock_op(sock, done)
         self._port.send(op, view[n:])
         try:
             await self._await_op(fut, op)
@@ -356,7 +362,7 @@ class SockMixin(DNSMixin):
             else:
                 fut.set_result(None)
 
-        op = self._port.op(sock, done)
+        op = self._sock_op(sock, done)
         self._port.connect(op, address)
         await self._await_op(fut, op)
 
@@ -382,7 +388,7 @@ class SockMixin(DNSMixin):
             conn.setblocking(False)
             fut.set_result((conn, op.address))
 
-        op = self._port.op(sock, done)
+        op = self._sock_op(sock, done)
         self._port.accept(op)
         return await self._await_op(fut, op, lambda r: r[0].close())  # type: ignore[no-any-return]
 
@@ -437,7 +443,7 @@ class SockMixin(DNSMixin):
             if not fut.done():
                 fut.set_result(res)
 
-        op = self._port.op(sock, done)
+        op = self._sock_op(sock, done)
         try:
             while offset + total < end:
                 fut = self.create_future()

@@ -492,3 +492,25 @@ def test_recv_on_closed_fd_is_an_oserror(run: Any) -> None:
         assert info.value.errno in (errno.EBADF, None)
 
     run(main())
+
+
+def test_sock_ops_refuse_a_transport_socket(run: Any) -> None:
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        tr, _ = await loop.create_connection(asyncio.Protocol, *server.sockets[0].getsockname()[:2])
+        raw = tr.get_extra_info("socket")
+        # A second socket object on the transport's own fd (detached afterwards).
+        owned = socket.socket(raw.family, raw.type, raw.proto, fileno=raw.fileno())
+        owned.setblocking(False)
+        try:
+            with pytest.raises(RuntimeError, match="is used by transport") as info:
+                await loop.sock_recv(owned, 10)  # nothing to read: the waiting path checks
+            return str(info.value)
+        finally:
+            owned.detach()
+            tr.close()
+            server.close()
+            await server.wait_closed()
+
+    assert "is used by transport" in run(main())
