@@ -8,15 +8,22 @@ earlier ones, never the other way round):
 - ``_sock.SockMixin``   ``sock_*`` coroutines on the completion port
 - ``_net.NetMixin``     connections, servers, unix sockets, TLS, sendfile
 - ``_datagram.DatagramMixin``  create_datagram_endpoint
+- ``_readiness.ReadinessMixin``  add_reader/add_writer as poll completions
+- ``_pipes.PipeMixin``  connect_read_pipe/connect_write_pipe
+- ``_subprocess.SubprocessMixin``  subprocess_exec/_shell, exit via the port
+- ``_signals.SignalMixin``  add/remove_signal_handler, the signal wakeup fd
 """
 
 from __future__ import annotations
 
 from ._datagram import DatagramMixin
 from ._net import NetMixin
+from ._readiness import ReadinessMixin
+from ._signals import SignalMixin
+from ._subprocess import SubprocessMixin
 
 
-class Loop(DatagramMixin, NetMixin):
+class Loop(SignalMixin, SubprocessMixin, ReadinessMixin, DatagramMixin, NetMixin):  # type: ignore[misc]
     """An asyncio event loop whose I/O core is a completion port.
 
     ``Loop(backend=None)``: ``backend`` forces ``"io_uring"``, ``"iocp"`` or

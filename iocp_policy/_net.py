@@ -620,7 +620,7 @@ class NetMixin(SockMixin):
         transport.pause_reading()
         await transport._make_empty_waiter()
         try:
-            return await self._sock_sendfile_native(sock, file, offset, count)
+            return await self._sock_sendfile_native(sock, file, offset, count, transport_owned=True)
         finally:
             transport._reset_empty_waiter()
             if resume_reading:

@@ -31,6 +31,24 @@ Rules the loop relies on, whatever the backend:
 * ``close()`` cancels what is in flight, reaps it with a bounded wait, never
   frees memory the OS may still write, and returns how many operations it
   had to abandon.
+
+Two operations are not I/O on a descriptor:
+
+* ``wait_process(op, pid)`` completes ``op`` once, when the child process
+  ``pid`` has exited.  The port does *not* collect the exit status (the
+  caller reaps it, e.g. ``Popen.poll()``); it only says "it has exited".
+  ``op`` is made with ``port.op(pid, callback)``: the pid stands in for a
+  file and is never used as a descriptor or handle.  ``res >= 0``: exited;
+  ``res < 0``: ``-errno`` (``-ECANCELED`` after ``cancel(op)``).  Whatever
+  the port opens to wait (a pidfd on Linux, a process handle and a
+  registered wait on Windows) it owns, and releases after the final
+  completion.
+* ``wakeup_fd()`` returns a non-blocking descriptor (a socket on Windows)
+  for ``signal.set_wakeup_fd``: bytes written to it wake ``run()`` exactly
+  like ``wakeup()``, and are discarded.  It stays the same for the life of
+  the port, and is closed by ``close()``.  The loop installs it while it
+  runs in the main thread and while signal handlers are registered; the
+  port itself never calls ``signal.set_wakeup_fd``.
 """
 
 from __future__ import annotations
@@ -40,7 +58,9 @@ import logging
 import os
 import socket
 import sys
-from typing import Any, Callable, Protocol, Union
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
 
 __all__ = [
     "BackendUnavailableError",
@@ -52,7 +72,7 @@ __all__ = [
 
 logger = logging.getLogger("iocp_policy")
 
-FileLike = Union[int, Any]  # an int fd or an object with fileno()
+FileLike = int | Any  # an int fd or an object with fileno()
 Callback = Callable[[int], object]
 
 # poll(2) bits used by ``port.poll``; identical on Linux and in our emulation.
@@ -93,7 +113,10 @@ class Op(Protocol):
 
 
 class CompletionPort(Protocol):
-    """What the loop core sees of a backend.  See the module docstring."""
+    """What the loop core sees of a backend.  See the module docstring.
+
+    ``op`` parameters are typed ``Any``: each backend takes its own :class:`Op`
+    type (and only ops it made with ``op()``)."""
 
     name: str
     error_handler: Callable[[Any, BaseException], object] | None
@@ -101,41 +124,45 @@ class CompletionPort(Protocol):
     @property
     def inflight(self) -> int: ...
 
-    def op(self, fileobj: FileLike, callback: Callback) -> Op: ...
+    def op(self, fileobj: FileLike, callback: Callback) -> Any: ...
 
-    def recv(self, op: Op, nbytes: int, flags: int = 0) -> None: ...
+    def recv(self, op: Any, nbytes: int, flags: int = 0) -> None: ...
 
-    def recv_into(self, op: Op, buffer: Any, nbytes: int = 0, flags: int = 0) -> None: ...
+    def recv_into(self, op: Any, buffer: Any, nbytes: int = 0, flags: int = 0) -> None: ...
 
-    def recvfrom(self, op: Op, nbytes: int, flags: int = 0) -> None: ...
+    def recvfrom(self, op: Any, nbytes: int, flags: int = 0) -> None: ...
 
-    def recvfrom_into(self, op: Op, buffer: Any, nbytes: int = 0, flags: int = 0) -> None: ...
+    def recvfrom_into(self, op: Any, buffer: Any, nbytes: int = 0, flags: int = 0) -> None: ...
 
-    def send(self, op: Op, data: Any, flags: int = 0) -> None: ...
+    def send(self, op: Any, data: Any, flags: int = 0) -> None: ...
 
-    def sendv(self, op: Op, buffers: Any) -> None: ...
+    def sendv(self, op: Any, buffers: Any) -> None: ...
 
-    def accept(self, op: Op, multishot: bool = False) -> None: ...
+    def accept(self, op: Any, multishot: bool = False) -> None: ...
 
-    def poll(self, op: Op, events: int, multishot: bool = False) -> None: ...
+    def poll(self, op: Any, events: int, multishot: bool = False) -> None: ...
 
-    def read(self, op: Op, nbytes: int) -> None: ...
+    def read(self, op: Any, nbytes: int) -> None: ...
 
-    def read_into(self, op: Op, buffer: Any, nbytes: int = 0) -> None: ...
+    def read_into(self, op: Any, buffer: Any, nbytes: int = 0) -> None: ...
 
-    def write(self, op: Op, data: Any) -> None: ...
+    def write(self, op: Any, data: Any) -> None: ...
 
-    def connect(self, op: Op, address: Any) -> None: ...  # res 0 or -errno
+    def connect(self, op: Any, address: Any) -> None: ...  # res 0 or -errno
 
-    def sendfile(self, op: Op, in_fd: int, offset: int, count: int) -> None: ...  # res = bytes sent
+    def sendfile(self, op: Any, in_fd: int, offset: int, count: int) -> None: ...  # res = bytes sent
 
-    def post(self, op: Op, res: int) -> None: ...  # deliver res as a completion
+    def post(self, op: Any, res: int) -> None: ...  # deliver res as a completion
 
-    def cancel(self, op: Op) -> bool: ...
+    def wait_process(self, op: Any, pid: int) -> None: ...  # res >= 0 once pid has exited (not reaped)
+
+    def cancel(self, op: Any) -> bool: ...
 
     def run(self, timeout: float | None) -> None: ...
 
     def wakeup(self) -> None: ...
+
+    def wakeup_fd(self) -> int: ...  # for signal.set_wakeup_fd: writing to it == wakeup()
 
     def prepare_thread(self) -> None: ...  # the loop is about to run in this thread
 
@@ -174,7 +201,8 @@ def _construct(name: str) -> CompletionPort:
     if name == "io_uring":
         from ._port_uring import open_uring_port
 
-        return open_uring_port()
+        uring: CompletionPort = open_uring_port()
+        return uring
     if name == "iocp":
         if sys.platform != "win32":
             raise BackendUnavailableError("the iocp backend needs Windows")
@@ -227,7 +255,7 @@ _IN_PROGRESS = {errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK, errno.EALREA
                 getattr(errno, "WSAEWOULDBLOCK", -1)}
 
 
-def connect_via_poll(port: CompletionPort, op: Op, address: Any) -> None:
+def connect_via_poll(port: CompletionPort, op: Any, address: Any) -> None:
     """Non-blocking connect(2); the completion comes when the socket turns
     writable, with the result read from SO_ERROR.  Bad addresses raise here."""
     sock = op.fileobj
@@ -248,7 +276,7 @@ def connect_via_poll(port: CompletionPort, op: Op, address: Any) -> None:
     port.poll(op, POLLOUT)
 
 
-def sendfile_via_poll(port: CompletionPort, op: Op, in_fd: int, offset: int, count: int) -> None:
+def sendfile_via_poll(port: CompletionPort, op: Any, in_fd: int, offset: int, count: int) -> None:
     """One zero-copy sendfile(2) of up to ``count`` bytes, retried each time
     the socket turns writable until it moves some bytes or fails."""
     if not hasattr(os, "sendfile"):
@@ -281,3 +309,64 @@ def sendfile_via_poll(port: CompletionPort, op: Op, in_fd: int, offset: int, cou
         return
     op.callback = writable
     port.poll(op, POLLOUT)
+
+
+# -- waiting for a child process --------------------------------------------------
+#
+# POSIX backends wait for a process the way they wait for anything: poll a
+# descriptor that turns readable when it exits.  Linux 5.3+ has one built in,
+# the pidfd: readable once the process is a zombie, and it stays readable
+# after someone reaps it, so there is no race with Popen.poll().  Where
+# pidfd_open() is missing or refused (old kernel, a seccomp profile that
+# blocks it, another POSIX system) a waiter thread stands in, as the
+# stdlib's ThreadedChildWatcher does, but without reaping:
+# waitid(WEXITED | WNOWAIT) only observes the exit, so the status is still
+# there for Popen to collect, and the thread reports by closing the write end
+# of a pipe whose read end is what we poll.
+
+
+def _exited_pipe_read_end() -> int:
+    """A descriptor that is readable at once: the process is already gone."""
+    r, w = os.pipe()
+    os.close(w)
+    return r
+
+
+def _wait_exit_then_close(pid: int, w: int) -> None:
+    try:
+        while True:
+            try:
+                os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+                break
+            except InterruptedError:
+                continue
+            except OSError:  # ECHILD: reaped by somebody else; it has exited all the same
+                break
+    finally:
+        os.close(w)  # the poll on the read end now reports POLLHUP
+
+
+def process_exit_fd(pid: int) -> int:
+    """A descriptor that turns readable when child ``pid`` exits, without
+    reaping it: a pidfd, else the read end of a pipe closed by a waiter
+    thread.  The caller owns it."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is not None:
+        try:
+            return pidfd_open(pid)  # type: ignore[no-any-return]
+        except ProcessLookupError:
+            return _exited_pipe_read_end()
+        except OSError as exc:  # ENOSYS, EPERM (seccomp), EMFILE...
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                raise
+    if not hasattr(os, "waitid"):
+        raise OSError(errno.ENOSYS, "no pidfd_open() and no waitid(): cannot wait for a process here")
+    r, w = os.pipe()
+    try:
+        threading.Thread(target=_wait_exit_then_close, args=(pid, w), daemon=True,
+                         name=f"iocp_policy-waitpid-{pid}").start()
+    except BaseException:
+        os.close(r)
+        os.close(w)
+        raise
+    return r

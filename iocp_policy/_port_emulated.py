@@ -32,18 +32,36 @@ the fd stays ready, which is exactly the ``add_reader`` contract.
 Nothing here hands memory to the kernel beyond a single synchronous call, so
 cancellation is immediate: the op leaves its queue and completes with
 ``-ECANCELED`` on the next ``run()``.
+
+``wait_process`` polls a descriptor that turns readable when the child exits
+(a pidfd, or a pipe closed by a waiter thread: ``process_exit_fd``); the op
+owns it and it is closed when the op's final completion is dispatched, or
+when the port closes.  ``wakeup_fd()`` is the write end of the wakeup
+socket pair: a signal's byte written there by the interpreter wakes the
+selector like ``wakeup()`` does, and is drained with the rest.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import select
 import selectors
 import socket
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from ._port import ECANCELED, POLLIN, POLLOUT, Callback, FileLike, connect_via_poll, sendfile_via_poll
+from ._port import (
+    ECANCELED,
+    POLLIN,
+    POLLOUT,
+    Callback,
+    FileLike,
+    connect_via_poll,
+    process_exit_fd,
+    sendfile_via_poll,
+)
 
 # Op kinds.
 _RECV, _RECV_INTO, _RECVFROM, _RECVFROM_INTO, _ACCEPT, _READ, _READ_INTO = range(1, 8)
@@ -54,14 +72,35 @@ _MULTISHOT_BATCH = 64  # accepts per readiness event, so one listener cannot sta
 
 _HAS_RECVMSG = hasattr(socket.socket, "recvmsg")
 _HAS_SENDMSG = hasattr(socket.socket, "sendmsg")
+# Windows (no recvmsg): recvfrom() fails on a datagram longer than the buffer
+# (WSAEMSGSIZE) and drops it.  Receive whole datagrams and truncate here.
+_MAX_DATAGRAM = 65536
+_MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0x100)
+_WSAENOTSOCK = 10038
 
 
 class EmulatedOp:
     """Operation slot of the emulated port (same attributes as ``_uring.Op``)."""
 
     __slots__ = (
-        "callback", "fileobj", "fd", "active", "cancelling", "data", "address", "msg_flags",
-        "_kind", "_a", "_b", "_c", "_multishot", "_poll_first", "_posted", "_state", "__weakref__",
+        "__weakref__",
+        "_a",
+        "_b",
+        "_c",
+        "_kind",
+        "_multishot",
+        "_owned_fd",
+        "_poll_first",
+        "_posted",
+        "_state",
+        "active",
+        "address",
+        "callback",
+        "cancelling",
+        "data",
+        "fd",
+        "fileobj",
+        "msg_flags",
     )
 
     def __init__(self, fd: int, callback: Callback, fileobj: Any) -> None:
@@ -81,6 +120,12 @@ class EmulatedOp:
         self._poll_first = False
         self._posted = False  # final completion queued, not yet dispatched
         self._state: _FdState | None = None
+        self._owned_fd = -1  # wait_process: the descriptor polled, closed after the final completion
+
+    def _close_owned(self) -> None:
+        fd, self._owned_fd = self._owned_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def __repr__(self) -> str:
         state = " active" if self.active else ""
@@ -88,7 +133,7 @@ class EmulatedOp:
 
 
 class _FdState:
-    __slots__ = ("fd", "readers", "writers", "pollers", "registered", "owner", "stale")
+    __slots__ = ("fd", "owner", "pollers", "readers", "registered", "stale", "writers")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -157,16 +202,19 @@ class EmulatedPort:
         self.inflight += 1
 
     def _state_for(self, op: EmulatedOp) -> _FdState:
-        st = self._fds.get(op.fd)
+        return self._state_of(op.fd, op.fileobj)
+
+    def _state_of(self, fd: int, fileobj: Any) -> _FdState:
+        st = self._fds.get(fd)
         if st is None:
-            st = self._fds[op.fd] = _FdState(op.fd)
-        elif st.registered and st.idle() and (isinstance(op.fileobj, int) or op.fileobj is not st.owner):
+            st = self._fds[fd] = _FdState(fd)
+        elif st.registered and st.idle() and (isinstance(fileobj, int) or fileobj is not st.owner):
             # Registrations are reconciled lazily, so an idle fd may still be
             # registered for a file that has since been closed, its number
             # now reused by this one.  epoll forgot the closed file; the
             # selector did not.  Register afresh.
             st.stale = True
-        st.owner = op.fileobj
+        st.owner = fileobj
         return st
 
     def _queue(self, op: EmulatedOp, writer: bool) -> None:
@@ -254,10 +302,25 @@ class EmulatedPort:
         self._begin(op, _POLL)
         op._a = events
         op._multishot = bool(multishot)
-        st = self._state_for(op)
+        self._add_poller(op, op.fd, op.fileobj)
+
+    def _add_poller(self, op: EmulatedOp, fd: int, fileobj: Any) -> None:
+        st = self._state_of(fd, fileobj)
         op._state = st
         st.pollers.append(op)
-        self._dirty.add(op.fd)
+        self._dirty.add(fd)
+
+    def wait_process(self, op: EmulatedOp, pid: int) -> None:
+        self._begin(op, _POLL)
+        op._a = POLLIN
+        try:
+            fd = process_exit_fd(pid)
+        except BaseException:
+            op.active = False
+            self.inflight -= 1
+            raise
+        op._owned_fd = fd  # closed when the final completion is dispatched
+        self._add_poller(op, fd, fd)
 
     def connect(self, op: EmulatedOp, address: Any) -> None:
         connect_via_poll(self, op, address)
@@ -294,7 +357,8 @@ class EmulatedPort:
         if kind == _SENDV:
             if _HAS_SENDMSG:
                 return f.sendmsg(op._a)  # type: ignore[no-any-return]
-            return f.send(op._a[0])  # type: ignore[no-any-return]
+            buffers = op._a
+            return f.send(buffers[0] if len(buffers) == 1 else b"".join(buffers))  # type: ignore[no-any-return]
         if kind == _ACCEPT:
             fd, addr = f._accept()
             op.address = None if op._multishot else addr
@@ -302,6 +366,11 @@ class EmulatedPort:
         if kind == _RECVFROM:
             if _HAS_RECVMSG:
                 data, _, op.msg_flags, op.address = f.recvmsg(op._a, 0, op._b)
+            elif f.type == socket.SOCK_DGRAM:
+                data, op.address = f.recvfrom(max(op._a, _MAX_DATAGRAM), op._b)
+                if len(data) > op._a:
+                    data = data[: op._a]
+                    op.msg_flags = _MSG_TRUNC
             else:
                 data, op.address = f.recvfrom(op._a, op._b)
             op.data = data
@@ -312,6 +381,13 @@ class EmulatedPort:
                 buf = memoryview(buf)[: op._b]
             if _HAS_RECVMSG:
                 n, _, op.msg_flags, op.address = f.recvmsg_into([buf], 0, op._c)
+            elif f.type == socket.SOCK_DGRAM:
+                data, op.address = f.recvfrom(_MAX_DATAGRAM, op._c)
+                view = memoryview(buf).cast("B")
+                n = min(len(data), len(view))
+                view[:n] = data[:n]
+                if n < len(data):
+                    op.msg_flags = _MSG_TRUNC
             else:
                 n, op.address = f.recvfrom_into(buf, 0, op._c)
             return n  # type: ignore[no-any-return]
@@ -447,7 +523,16 @@ class EmulatedPort:
             self._sync()
         if self._done:
             timeout = 0
-        for key, mask in self._selector.select(timeout):
+        try:
+            selected = self._selector.select(timeout)
+        except OSError as exc:
+            # Windows' select() fails as a whole (WSAENOTSOCK) when a socket
+            # was closed with operations still queued on it; epoll forgets
+            # such a descriptor silently.  Fail those operations, go on.
+            if getattr(exc, "winerror", None) != _WSAENOTSOCK or not self._fail_closed_sockets():
+                raise
+            selected = self._selector.select(0)
+        for key, mask in selected:
             st = key.data
             if st is _WAKE:
                 self._wake_pending = False
@@ -468,6 +553,19 @@ class EmulatedPort:
                 self._service(st, st.writers)
         self._dispatch()
 
+    def _fail_closed_sockets(self) -> bool:
+        """Windows: find registered sockets that were closed; fail their ops."""
+        found = False
+        for key in list(self._selector.get_map().values()):
+            if key.data is _WAKE:
+                continue
+            try:
+                select.select([key.fd], [], [], 0)
+            except OSError:
+                found = True
+                self._fail_fd(key.data, -errno.EBADF)
+        return found
+
     def _dispatch(self) -> None:
         done = self._done
         for _ in range(len(done)):
@@ -477,6 +575,8 @@ class EmulatedPort:
                 op.cancelling = False
                 op._posted = False
                 self.inflight -= 1
+                if op._owned_fd >= 0:
+                    op._close_owned()
                 if op._kind in _SHORT_READ_KINDS and 0 <= res < self._requested(op):
                     op._poll_first = True  # drained: the next submit waits for readiness
             try:
@@ -492,8 +592,7 @@ class EmulatedPort:
         kind = op._kind
         if kind in (_RECV, _READ):
             return op._a  # type: ignore[no-any-return]
-        n = op._b if kind == _READ_INTO else op._b
-        return n or len(memoryview(op._a))
+        return op._b or len(memoryview(op._a))  # type: ignore[no-any-return]
 
     def wakeup(self) -> None:
         if self._wake_pending or self._closed:
@@ -503,6 +602,11 @@ class EmulatedPort:
             self._wake_w.send(b"\0")
         except OSError:  # buffer full: a wakeup is already pending
             pass
+
+    def wakeup_fd(self) -> int:
+        if self._closed:
+            raise RuntimeError("the completion port is closed")
+        return self._wake_w.fileno()
 
     def prepare_thread(self) -> None:
         pass
@@ -517,9 +621,11 @@ class EmulatedPort:
             for op in [*st.readers, *st.writers, *st.pollers]:
                 op.active = False
                 op._state = None
+                op._close_owned()
         for op, _, final in self._done:
             if final:
                 op.active = False
+                op._close_owned()
         self._fds.clear()
         self._done.clear()
         self.inflight = 0

@@ -1,10 +1,13 @@
 """The io_uring backend: the native ring in ``_uring.c`` behind the port interface.
 
 The ring itself (mmap'd SQ/CQ, memory ordering, buffer ownership, setup
-flags, cancellation, overflow) lives in C, see the essay at the top of
-``_uring.c``.  This module only turns it into a :class:`CompletionPort`:
-building ops from sockets, explaining why io_uring cannot be set up, and
-rebinding a single-issuer ring when a loop moves to another thread.
+flags, cancellation, overflow, the -EAGAIN retry of READ/WRITE on O_NONBLOCK
+files, the wake pipe that doubles as the signal wakeup fd) lives in C, see
+the essay at the top of ``_uring.c``.  This module only turns it into a
+:class:`CompletionPort`: building ops from sockets, explaining why io_uring
+cannot be set up, rebinding a single-issuer ring when a loop moves to another
+thread, and waiting for processes (a pidfd polled with ``poll_fd``, which
+hands the pidfd to the ring: closed right after the final completion).
 """
 
 from __future__ import annotations
@@ -15,10 +18,18 @@ import platform
 import threading
 from typing import Any
 
-from ._port import BackendUnavailableError, Callback, FileLike, connect_via_poll, sendfile_via_poll
+from ._port import (
+    POLLIN,
+    BackendUnavailableError,
+    Callback,
+    FileLike,
+    connect_via_poll,
+    process_exit_fd,
+    sendfile_via_poll,
+)
 
 try:
-    from . import _uring
+    from . import _uring  # type: ignore[attr-defined,unused-ignore]  # compiled, no stub
 except ImportError as exc:  # not compiled: the emulated backend takes over
     _uring = None  # type: ignore[assignment]
     _IMPORT_ERROR: str | None = str(exc)
@@ -34,6 +45,12 @@ SQ_ENTRIES = 1024
 CQ_FACTOR = 4
 # Setup flags to treat as refused by the kernel (tests exercise each fallback level).
 REJECT_FLAGS = 0
+# Tests set this (or the environment variable) so READ/WRITE go out with
+# RWF_NOWAIT and complete with -EAGAIN when not ready, as kernels before
+# about 6.1 do for every O_NONBLOCK pipe: it exercises the poll-and-resubmit
+# path of the ring on any kernel.
+INJECT_RW_NOWAIT_ENV = "_IOCP_POLICY_INJECT_RW_NOWAIT"
+inject_rw_nowait = False
 
 
 def _read_sysctl(path: str) -> str | None:
@@ -85,6 +102,14 @@ if _uring is not None:
         def sendfile(self, op: Any, in_fd: int, offset: int, count: int) -> None:
             sendfile_via_poll(self, op, in_fd, offset, count)
 
+        def wait_process(self, op: Any, pid: int) -> None:
+            fd = process_exit_fd(pid)
+            try:
+                self.poll_fd(op, fd, POLLIN)  # the ring owns fd from here on
+            except BaseException:
+                os.close(fd)
+                raise
+
         def prepare_thread(self) -> None:
             """Called by run_forever: with IORING_SETUP_SINGLE_ISSUER only the
             thread that first ran the loop may submit.  A loop that moves to
@@ -118,6 +143,9 @@ def open_uring_port() -> Any:
         code = getattr(errno, injected)
         raise BackendUnavailableError(explain_setup_error(code) + " [injected for testing]")
     try:
-        return UringPort(SQ_ENTRIES, CQ_FACTOR, REJECT_FLAGS)
+        port = UringPort(SQ_ENTRIES, CQ_FACTOR, REJECT_FLAGS)
     except OSError as exc:
         raise BackendUnavailableError(explain_setup_error(exc.errno or 0, exc.strerror or "")) from exc
+    if inject_rw_nowait or os.environ.get(INJECT_RW_NOWAIT_ENV) == "1":
+        port.inject_rw_nowait = True
+    return port

@@ -109,7 +109,7 @@ class Listener:
         armed = self._op.active
         if res >= 0:
             if self._stopped:
-                os.close(res)  # accepted in the race with close(): nobody will serve it
+                socket.close(res)  # accepted in the race with close(): nobody will serve it
             else:
                 self._accepted = True
                 conn = socket.socket(self._sock.family, self._sock.type,  # type: ignore[union-attr]

@@ -21,6 +21,7 @@ import io
 import logging
 import os
 import socket
+import sys
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -37,6 +38,9 @@ except ImportError:  # pragma: no cover - Python built without ssl
 log = logging.getLogger("iocp_policy")
 
 _SENDFILE_FALLBACK_READBUFFER_SIZE = 1024 * 256
+# Windows fails recvfrom() on a datagram longer than the buffer (WSAEMSGSIZE)
+# and drops it; the port's receive reports the prefix and MSG_TRUNC instead.
+_DGRAM_FAST_PATH = sys.platform != "win32"
 _HAS_IPV6 = hasattr(socket, "AF_INET6")
 
 
@@ -234,10 +238,11 @@ class SockMixin(DNSMixin):
         stashed = self._take_datagram(sock)
         if stashed is not None:
             return stashed[0][:bufsize], stashed[1]
-        try:
-            return sock.recvfrom(bufsize)
-        except (BlockingIOError, InterruptedError):
-            pass
+        if _DGRAM_FAST_PATH or sock.type != socket.SOCK_DGRAM:
+            try:
+                return sock.recvfrom(bufsize)
+            except (BlockingIOError, InterruptedError):
+                pass
         fut: asyncio.Future[tuple[bytes, Any]] = self.create_future()
 
         def done(res: int) -> None:
@@ -268,10 +273,11 @@ class SockMixin(DNSMixin):
             data = stashed[0][:nbytes]
             view[: len(data)] = data
             return len(data), stashed[1]
-        try:
-            return sock.recvfrom_into(view, nbytes)
-        except (BlockingIOError, InterruptedError):
-            pass
+        if _DGRAM_FAST_PATH or sock.type != socket.SOCK_DGRAM:
+            try:
+                return sock.recvfrom_into(view, nbytes)
+            except (BlockingIOError, InterruptedError):
+                pass
         fut: asyncio.Future[tuple[int, Any]] = self.create_future()
 
         def done(res: int) -> None:
@@ -379,7 +385,7 @@ class SockMixin(DNSMixin):
         def done(res: int) -> None:
             if fut.done():  # cancelled: nobody will ever see this connection
                 if res >= 0:
-                    os.close(res)
+                    socket.close(res)  # a SOCKET handle on Windows, not a CRT fd
                 return
             if res < 0:
                 fut.set_exception(error_from_result(res))
@@ -421,8 +427,11 @@ class SockMixin(DNSMixin):
         if offset < 0:
             raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
 
-    async def _sock_sendfile_native(self, sock: Any, file: Any, offset: int, count: int | None) -> int:
-        """Zero-copy through the port (sendfile(2) on POLLOUT, TransmitFile on IOCP)."""
+    async def _sock_sendfile_native(self, sock: Any, file: Any, offset: int, count: int | None,
+                                    *, transport_owned: bool = False) -> int:
+        """Zero-copy through the port (sendfile(2) on POLLOUT, TransmitFile on IOCP).
+        ``transport_owned``: loop.sendfile() lends a transport's own socket
+        (its reading paused, its queue drained), which sock_* must not refuse."""
         try:
             fileno = file.fileno()
         except (AttributeError, io.UnsupportedOperation) as err:
@@ -443,7 +452,7 @@ class SockMixin(DNSMixin):
             if not fut.done():
                 fut.set_result(res)
 
-        op = self._sock_op(sock, done)
+        op = self._port.op(sock, done) if transport_owned else self._sock_op(sock, done)
         try:
             while offset + total < end:
                 fut = self.create_future()

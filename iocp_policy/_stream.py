@@ -63,6 +63,7 @@ class StreamTransport(PortTransport, asyncio.Transport):
     # mremap (shrink) + munmap: three syscalls per read, measured with strace.
     small_size = 64 * 1024
     direct_send = True  # try send() inline when nothing is queued (see module doc)
+    _error_noun = "socket"  # in error messages; pipe transports say "pipe", as the stdlib's
     _start_tls_compatible = True
     _sendfile_compatible = _SendfileMode.TRY_NATIVE
 
@@ -249,7 +250,7 @@ class StreamTransport(PortTransport, asyncio.Transport):
         elif res == 0:
             self._on_eof()
         elif res != _ECANCELED:
-            self._fatal_error(error_from_result(res), "Fatal read error on socket transport")
+            self._fatal_error(error_from_result(res), f"Fatal read error on {self._error_noun} transport")
 
     def _feed_buffered(self, data: bytes) -> None:
         view = memoryview(data)
@@ -309,7 +310,7 @@ class StreamTransport(PortTransport, asyncio.Transport):
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:
-                    self._fatal_error(exc, "Fatal write error on socket transport")
+                    self._fatal_error(exc, f"Fatal write error on {self._error_noun} transport")
                     return
                 if n == len(data):
                     return
@@ -344,7 +345,7 @@ class StreamTransport(PortTransport, asyncio.Transport):
             exc = error_from_result(res)
             self._wbuf.clear()
             self._wbuf_size = 0
-            self._fatal_error(exc, "Fatal write error on socket transport")
+            self._fatal_error(exc, f"Fatal write error on {self._error_noun} transport")
             if self._empty_waiter is not None:
                 self._empty_waiter.set_exception(exc)
             return

@@ -64,10 +64,28 @@
  * in the kernel and flushed by the next IORING_ENTER_GETEVENTS, signalled by
  * IORING_SQ_CQ_OVERFLOW).
  *
- * Cross-thread wakeup: an eventfd with a multishot IORING_OP_POLL_ADD armed
- * on the ring.  Other threads write(2) to the eventfd (coalesced through an
- * atomic flag); the poll completion is ring work like any other, so it also
- * wakes an io_uring_enter() waiting under DEFER_TASKRUN.
+ * Cross-thread wakeup: a non-blocking pipe with a multishot IORING_OP_POLL_ADD
+ * armed on its read end.  Other threads write(2) one byte to it (coalesced
+ * through an atomic flag); the poll completion is ring work like any other,
+ * so it also wakes an io_uring_enter() waiting under DEFER_TASKRUN.  A pipe
+ * rather than an eventfd because the write end doubles as the interpreter's
+ * signal wakeup fd (signal.set_wakeup_fd writes one byte per signal, which
+ * an eventfd refuses): a signal that arrives just before we block in the
+ * kernel still wakes us.  The pipe lives as long as the Ring object, across
+ * reset(), so the fd number handed to the signal module stays valid.
+ *
+ * READ/WRITE on files opened O_NONBLOCK (pipes, FIFOs, ttys): kernels before
+ * about 6.1 honour the flag and complete the request with -EAGAIN instead of
+ * waiting; newer ones arm an internal poll for files that support it.  We
+ * accept both: an -EAGAIN completion is not delivered, the op arms a
+ * one-shot POLL_ADD for its direction under the same user_data and, when
+ * that fires, resubmits the same READ/WRITE on the same pinned memory.
+ * Python sees one completion.  (`inject_rw_nowait` submits with RWF_NOWAIT
+ * so that tests can walk this path on any kernel.)
+ *
+ * poll_fd(op, fd, events) polls a descriptor the ring then *owns* (a pidfd
+ * for process exit): it is closed right after the op's final CQE, never
+ * while the kernel may still resolve it.
  *
  * One io_uring_enter() per loop iteration submits every SQE queued since the
  * last one and waits for completions (or not at all when the loop has ready
@@ -89,7 +107,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -169,9 +186,17 @@
 
 /* user_data values that are not OpObject addresses (objects are aligned). */
 #define UD_IGNORE 0ULL /* cancel requests: their own CQE carries nothing we need */
-#define UD_WAKE 1ULL   /* the eventfd poll used for cross-thread wakeups */
+#define UD_WAKE 1ULL   /* the wake pipe's poll (cross-thread wakeups, signals) */
 
 #define IOV_LIMIT 1024 /* IOV_MAX on Linux */
+
+#ifndef RWF_NOWAIT
+#define RWF_NOWAIT 0x00000008
+#endif
+
+/* Phases of a READ/WRITE op that met -EAGAIN (see the essay). */
+#define PHASE_IO 0    /* the READ/WRITE itself is in flight */
+#define PHASE_POLL 1  /* a POLL_ADD for its direction is in flight; then resubmit */
 
 static PyObject *graveyard; /* list: ops abandoned in flight, never freed */
 
@@ -226,6 +251,10 @@ typedef struct OpObject {
     uint8_t cancelling;  /* an ASYNC_CANCEL was queued for it */
     uint8_t data_ready;  /* `data` holds a completed result not yet taken */
     uint8_t multishot;   /* armed with a multishot flag */
+    uint8_t phase;       /* PHASE_IO or PHASE_POLL (READ/WRITE after -EAGAIN) */
+    uint8_t owns_fd;     /* owned_fd is ours: closed after the final CQE */
+    int owned_fd;        /* the descriptor a poll_fd() op polls */
+    unsigned io_len;     /* byte count of a READ/WRITE, for resubmission */
     int msg_flags;       /* msghdr.msg_flags written back by recvmsg */
     int post_res;        /* the result a K_POST op delivers */
     socklen_t addrlen;
@@ -241,6 +270,18 @@ static PyTypeObject Op_Type;
 static void op_release_views(OpObject *op) {
     for (int i = 0; i < op->nviews; i++) PyBuffer_Release(&op->views[i]);
     op->nviews = 0;
+}
+
+/* Close the descriptor a poll_fd() op owns.  Only after its final CQE (or
+   when the kernel was never given the SQE): a poll resolved the fd to a file
+   at submission, but closing earlier would let the number be reused by a
+   file the caller then mistakes for ours. */
+static void op_close_owned(OpObject *op) {
+    if (op->owns_fd) {
+        close(op->owned_fd);
+        op->owns_fd = 0;
+        op->owned_fd = -1;
+    }
 }
 
 static int op_reserve(OpObject *op, int n) {
@@ -294,6 +335,7 @@ static void Op_dealloc(OpObject *self) {
     if (self->weakreflist != NULL) PyObject_ClearWeakRefs((PyObject *)self);
     /* An active op is referenced by its ring, so it cannot reach dealloc. */
     op_release_views(self);
+    op_close_owned(self);
     PyMem_Free(self->views);
     PyMem_Free(self->iov);
     Py_CLEAR(self->callback);
@@ -380,6 +422,9 @@ static PyObject *Op_get_fileobj(OpObject *self, void *c) {
 static PyObject *Op_repr(OpObject *self) {
     static const char *names[] = {"idle", "recv", "recv_into", "send", "sendv", "recvfrom",
                                   "recvfrom_into", "accept", "poll", "read", "read_into", "write", "post"};
+    if (self->active && self->phase == PHASE_POLL)
+        return PyUnicode_FromFormat("<uring.Op fd=%d %s active waiting-for-readiness%s>", self->fd,
+                                    names[self->kind], self->cancelling ? " cancelling" : "");
     const char *k = self->kind < sizeof(names) / sizeof(names[0]) ? names[self->kind] : "?";
     return PyUnicode_FromFormat("<uring.Op fd=%d %s%s%s>", self->fd, k,
                                 self->active ? " active" : "",
@@ -420,7 +465,8 @@ static PyTypeObject Op_Type = {
 typedef struct {
     PyObject_HEAD
     int fd;
-    int eventfd;
+    int wake_rfd, wake_wfd; /* the wake pipe: kept across reset(), closed with the Ring */
+    int rw_nowait;          /* test injection: READ/WRITE with RWF_NOWAIT */
     unsigned setup_flags;
     unsigned features;
     unsigned sq_entries, cq_entries;
@@ -437,7 +483,7 @@ typedef struct {
     pthread_t owner;        /* thread that enabled the ring */
     int reg_index;          /* registered ring fd index, -1 if none */
     int wake_pending;       /* atomic: a wakeup write is outstanding */
-    int wake_armed;         /* the eventfd poll is in flight */
+    int wake_armed;         /* the wake pipe's poll is in flight */
     int closed;
     int closing;            /* suppress callbacks while reaping in close() */
     int dispatching;
@@ -566,6 +612,7 @@ static void ring_commit(RingObject *r, OpObject *op, struct io_uring_sqe *sqe) {
     store_release(r->sq_ktail, r->sqe_tail);
     op->active = 1;
     op->cancelling = 0;
+    op->phase = PHASE_IO;
     Py_INCREF(op); /* the in-flight reference, dropped after the final CQE */
     ring_link(r, op);
 }
@@ -609,6 +656,23 @@ static int op_pin(OpObject *op, PyObject *buf, int writable) {
         return -1;
     op->nviews = 1;
     return 0;
+}
+
+/* Fill the SQE of a READ/WRITE op from the memory it already pins: used at
+   submission and again after an -EAGAIN was turned into a poll. */
+static void fill_rw_sqe(RingObject *r, OpObject *op, struct io_uring_sqe *sqe) {
+    sqe->fd = op->fd;
+    sqe->len = op->io_len;
+    sqe->off = (uint64_t)-1; /* current file position (IORING_FEAT_RW_CUR_POS) */
+    if (r->rw_nowait) sqe->rw_flags = RWF_NOWAIT;
+    if (op->kind == K_WRITE) {
+        sqe->opcode = IORING_OP_WRITE;
+        sqe->addr = (uint64_t)(uintptr_t)op->views[0].buf;
+    } else {
+        sqe->opcode = IORING_OP_READ;
+        sqe->addr = (uint64_t)(uintptr_t)(op->kind == K_READ ? PyBytes_AS_STRING(op->data)
+                                                              : op->views[0].buf);
+    }
 }
 
 /* --- submissions ---------------------------------------------------------- */
@@ -656,15 +720,15 @@ static PyObject *submit_into(RingObject *r, PyObject *const *args, Py_ssize_t na
     struct io_uring_sqe *sqe = ring_get_sqe(r);
     if (sqe == NULL) { op_release_views(op); return NULL; }
     op->kind = (uint8_t)kind;
-    sqe->fd = op->fd;
-    sqe->addr = (uint64_t)(uintptr_t)op->views[0].buf;
-    sqe->len = (unsigned)n;
     if (kind == K_RECV_INTO) {
         sqe->opcode = IORING_OP_RECV;
+        sqe->fd = op->fd;
+        sqe->addr = (uint64_t)(uintptr_t)op->views[0].buf;
+        sqe->len = (unsigned)n;
         sqe->msg_flags = (unsigned)flags;
     } else {
-        sqe->opcode = IORING_OP_READ;
-        sqe->off = (uint64_t)-1; /* current file position (IORING_FEAT_RW_CUR_POS) */
+        op->io_len = (unsigned)n;
+        fill_rw_sqe(r, op, sqe);
     }
     ring_commit(r, op, sqe);
     Py_RETURN_NONE;
@@ -690,11 +754,8 @@ static PyObject *Ring_read(RingObject *r, PyObject *const *args, Py_ssize_t narg
     struct io_uring_sqe *sqe = ring_get_sqe(r);
     if (sqe == NULL) return NULL;
     op->kind = K_READ;
-    sqe->opcode = IORING_OP_READ;
-    sqe->fd = op->fd;
-    sqe->addr = (uint64_t)(uintptr_t)PyBytes_AS_STRING(op->data);
-    sqe->len = (unsigned)n;
-    sqe->off = (uint64_t)-1;
+    op->io_len = (unsigned)n;
+    fill_rw_sqe(r, op, sqe);
     ring_commit(r, op, sqe);
     Py_RETURN_NONE;
 }
@@ -711,16 +772,18 @@ static PyObject *submit_out(RingObject *r, PyObject *const *args, Py_ssize_t nar
     struct io_uring_sqe *sqe = ring_get_sqe(r);
     if (sqe == NULL) { op_release_views(op); return NULL; }
     op->kind = (uint8_t)kind;
-    sqe->fd = op->fd;
-    sqe->addr = (uint64_t)(uintptr_t)op->views[0].buf;
-    sqe->len = (unsigned)op->views[0].len;
     if (kind == K_SEND) {
+        sqe->fd = op->fd;
+        sqe->addr = (uint64_t)(uintptr_t)op->views[0].buf;
+        sqe->len = (unsigned)op->views[0].len;
         sqe->opcode = IORING_OP_SEND;
         /* MSG_NOSIGNAL: a peer reset must be an error code, not SIGPIPE. */
         sqe->msg_flags = (unsigned)flags | MSG_NOSIGNAL;
     } else {
-        sqe->opcode = IORING_OP_WRITE;
-        sqe->off = (uint64_t)-1;
+        /* Linux moves at most MAX_RW_COUNT per call anyway: a partial write. */
+        Py_ssize_t len = op->views[0].len;
+        op->io_len = (unsigned)(len > 0x7ffff000 ? 0x7ffff000 : len);
+        fill_rw_sqe(r, op, sqe);
     }
     ring_commit(r, op, sqe);
     Py_RETURN_NONE;
@@ -879,6 +942,30 @@ static PyObject *Ring_poll(RingObject *r, PyObject *const *args, Py_ssize_t narg
     Py_RETURN_NONE;
 }
 
+/* poll_fd(op, fd, events): a one-shot poll of `fd` (not op.fd) that the ring
+   takes over: fd is closed right after the op's final completion, however
+   it ends (readiness, cancel, close of the port).  If this raises, fd was
+   not taken and stays the caller's. */
+static PyObject *Ring_poll_fd(RingObject *r, PyObject *const *args, Py_ssize_t nargs) {
+    long fd, events;
+    if (nargs != 3) return PyErr_Format(PyExc_TypeError, "poll_fd(op, fd, events)");
+    if (check_submit(r, args[0]) < 0 || arg_int(args[1], &fd) < 0 || arg_int(args[2], &events) < 0)
+        return NULL;
+    if (fd < 0 || fd > INT_MAX) return PyErr_Format(PyExc_ValueError, "invalid file descriptor %ld", fd);
+    OpObject *op = (OpObject *)args[0];
+    struct io_uring_sqe *sqe = ring_get_sqe(r);
+    if (sqe == NULL) return NULL;
+    op->kind = K_POLL;
+    op->multishot = 0;
+    op->owned_fd = (int)fd;
+    op->owns_fd = 1;
+    sqe->opcode = IORING_OP_POLL_ADD;
+    sqe->fd = (int)fd;
+    sqe->poll32_events = (uint32_t)events;
+    ring_commit(r, op, sqe);
+    Py_RETURN_NONE;
+}
+
 /* post(op, res): deliver `res` to op's callback at the next run(), as a
    completion (a NOP travels through the ring so ordering and wakeups are
    those of any other completion).  Used for results known at submission
@@ -922,7 +1009,7 @@ static int ring_arm_wake(RingObject *r) {
     struct io_uring_sqe *sqe = ring_get_sqe(r);
     if (sqe == NULL) return -1;
     sqe->opcode = IORING_OP_POLL_ADD;
-    sqe->fd = r->eventfd;
+    sqe->fd = r->wake_rfd;
     sqe->poll32_events = POLLIN;
     sqe->len = IORING_POLL_ADD_MULTI;
     sqe->user_data = UD_WAKE;
@@ -948,16 +1035,55 @@ static void fetch_exception(PyObject **exc) {
 #endif
 }
 
+/* Publish an SQE for an op that is already in flight (same user_data, same
+   in-flight reference): the next step of a READ/WRITE that met -EAGAIN. */
+static void ring_resubmit(RingObject *r, OpObject *op, struct io_uring_sqe *sqe) {
+    sqe->user_data = (uint64_t)(uintptr_t)op;
+    r->sqe_tail++;
+    store_release(r->sq_ktail, r->sqe_tail);
+}
+
+/* A READ/WRITE completed with -EAGAIN (O_NONBLOCK file, older kernel, or
+   inject_rw_nowait), or the poll armed for it completed.  Returns 1 if the
+   op was re-armed (nothing to deliver), 0 to deliver *res as the op's final
+   result.  A cancel requested meanwhile wins: nothing was transferred, so
+   -ECANCELED is the truth. */
+static int rw_retry(RingObject *r, OpObject *op, int32_t *res) {
+    struct io_uring_sqe *sqe;
+    if (op->phase == PHASE_POLL) {
+        op->phase = PHASE_IO;
+        if (*res < 0) return 0; /* the poll failed or was cancelled: final */
+        if (op->cancelling || r->closing) { *res = -ECANCELED; return 0; }
+        sqe = ring_get_sqe(r);
+        if (sqe == NULL) { PyErr_Clear(); *res = -EAGAIN; return 0; }
+        fill_rw_sqe(r, op, sqe);
+        ring_resubmit(r, op, sqe);
+        return 1;
+    }
+    if (op->cancelling || r->closing) { *res = -ECANCELED; return 0; }
+    sqe = ring_get_sqe(r);
+    if (sqe == NULL) { PyErr_Clear(); return 0; } /* cannot wait: -EAGAIN it is */
+    sqe->opcode = IORING_OP_POLL_ADD;
+    sqe->fd = op->fd;
+    sqe->poll32_events = op->kind == K_WRITE ? POLLOUT : POLLIN;
+    op->phase = PHASE_POLL;
+    ring_resubmit(r, op, sqe);
+    return 1;
+}
+
 /* Handle one CQE.  Returns -1 with an exception set only for exceptions
    that must stop the loop (BaseException that is not an Exception, or a
    failing error handler). */
 static int ring_dispatch_one(RingObject *r, uint64_t ud, int32_t res, uint32_t cflags) {
     if (ud == UD_IGNORE) return 0;
     if (ud == UD_WAKE) {
-        uint64_t v;
+        char buf[256];
         __atomic_store_n(&r->wake_pending, 0, __ATOMIC_RELEASE);
-        ssize_t rd = read(r->eventfd, &v, sizeof v); /* drain; EAGAIN is fine */
-        (void)rd;
+        /* Drain: wakeup() bytes and signal numbers (the interpreter keeps
+           its own record of which signals fired).  A short read means
+           empty; more bytes written later post another CQE. */
+        while (read(r->wake_rfd, buf, sizeof buf) == (ssize_t)sizeof buf) {
+        }
         if (!(cflags & IORING_CQE_F_MORE)) {
             r->wake_armed = 0;
             if (!r->closing && !r->closed && ring_arm_wake(r) < 0) return -1;
@@ -966,6 +1092,9 @@ static int ring_dispatch_one(RingObject *r, uint64_t ud, int32_t res, uint32_t c
     }
     OpObject *op = (OpObject *)(uintptr_t)ud;
     int final = !(cflags & IORING_CQE_F_MORE);
+    if ((op->kind == K_READ || op->kind == K_READ_INTO || op->kind == K_WRITE) &&
+        (res == -EAGAIN || op->phase == PHASE_POLL) && rw_retry(r, op, &res))
+        return 0; /* re-armed: the op stays in flight, its memory pinned */
     switch (op->kind) {
     case K_RECV:
     case K_READ:
@@ -993,6 +1122,7 @@ static int ring_dispatch_one(RingObject *r, uint64_t ud, int32_t res, uint32_t c
         op->cancelling = 0;
         ring_unlink(r, op);
         op_release_views(op); /* the kernel is done with this memory */
+        op_close_owned(op);   /* and with the descriptor of a poll_fd() */
     }
     int rc = 0;
     PyObject *cb = op->callback;
@@ -1122,11 +1252,25 @@ error:
 static PyObject *Ring_wakeup(RingObject *r, PyObject *unused) {
     if (r->closed) Py_RETURN_NONE;
     if (__atomic_exchange_n(&r->wake_pending, 1, __ATOMIC_ACQ_REL) == 0) {
-        uint64_t one = 1;
-        ssize_t w = write(r->eventfd, &one, sizeof one); /* EAGAIN: counter full, already readable */
+        char zero = 0;
+        ssize_t w = write(r->wake_wfd, &zero, 1); /* EAGAIN: pipe full, so already readable */
         (void)w;
     }
     Py_RETURN_NONE;
+}
+
+/* wakeup_fd(): the wake pipe's write end, for signal.set_wakeup_fd().  Any
+   byte written to it wakes run() like wakeup() does.  Stable for the life
+   of the Ring (reset() keeps it); closed by close(). */
+static PyObject *Ring_wakeup_fd(RingObject *r, PyObject *unused) {
+    if (r->wake_wfd < 0) return PyErr_Format(PyExc_RuntimeError, "the completion port is closed");
+    return PyLong_FromLong(r->wake_wfd);
+}
+
+static void ring_close_wake_pipe(RingObject *r) {
+    if (r->wake_rfd >= 0) close(r->wake_rfd);
+    if (r->wake_wfd >= 0) close(r->wake_wfd);
+    r->wake_rfd = r->wake_wfd = -1;
 }
 
 /* --- lifetime ------------------------------------------------------------- */
@@ -1200,6 +1344,7 @@ static Py_ssize_t ring_shutdown(RingObject *r, double timeout) {
             op->active = 0;
             ring_unlink(r, op);
             op_release_views(op);
+            op_close_owned(op);
             Py_DECREF(op);
         }
         r->wake_armed = 0;
@@ -1215,6 +1360,9 @@ static Py_ssize_t ring_shutdown(RingObject *r, double timeout) {
         while (r->head.next != &r->head) {
             OpObject *op = r->head.next;
             ring_unlink(r, op);
+            /* A poll holds its own reference to the file: the descriptor
+               number can go, so that abandoning costs no fd. */
+            op_close_owned(op);
             if (graveyard == NULL || PyList_Append(graveyard, (PyObject *)op) < 0) PyErr_Clear();
             /* The list took its own reference; our in-flight one is
                deliberately kept too, so the op can never be freed. */
@@ -1223,9 +1371,8 @@ static Py_ssize_t ring_shutdown(RingObject *r, double timeout) {
     }
     ring_unmap(r);
     if (r->fd >= 0) close(r->fd);
-    /* The wake poll holds its own reference to the eventfd's file. */
-    if (r->eventfd >= 0) close(r->eventfd);
-    r->fd = r->eventfd = -1;
+    r->fd = -1;
+    /* The wake pipe stays: reset() reuses it, close()/dealloc close it. */
     r->closed = 1;
     r->closing = 0;
     return left;
@@ -1241,7 +1388,9 @@ static PyObject *Ring_close(RingObject *r, PyObject *const *args, Py_ssize_t nar
         if (timeout < 0) timeout = 5.0;
     }
     if (r->dispatching) return PyErr_Format(PyExc_RuntimeError, "cannot close the port from a completion callback");
-    return PyLong_FromSsize_t(ring_shutdown(r, timeout));
+    Py_ssize_t left = ring_shutdown(r, timeout);
+    ring_close_wake_pipe(r);
+    return PyLong_FromSsize_t(left);
 }
 
 static int Ring_traverse(RingObject *r, visitproc visit, void *arg) {
@@ -1272,6 +1421,7 @@ static int Ring_clear(RingObject *r) {
 static void Ring_dealloc(RingObject *r) {
     PyObject_GC_UnTrack(r);
     ring_shutdown_quietly(r);
+    ring_close_wake_pipe(r);
     Py_CLEAR(r->error_handler);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
@@ -1279,7 +1429,7 @@ static void Ring_dealloc(RingObject *r) {
 static PyObject *Ring_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     RingObject *r = (RingObject *)type->tp_alloc(type, 0);
     if (r == NULL) return NULL;
-    r->fd = r->eventfd = -1;
+    r->fd = r->wake_rfd = r->wake_wfd = -1;
     r->reg_index = -1;
     r->head.next = r->head.prev = &r->head;
     r->closed = 1; /* until __init__ succeeds */
@@ -1397,8 +1547,12 @@ static int Ring_init(RingObject *r, PyObject *args, PyObject *kwds) {
         }
     }
 
-    r->eventfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (r->eventfd < 0) goto fail_errno;
+    if (r->wake_rfd < 0) {
+        int p[2];
+        if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0) goto fail_errno;
+        r->wake_rfd = p[0];
+        r->wake_wfd = p[1];
+    }
     r->closed = 0;
     if (ring_arm_wake(r) < 0) goto fail;
     return 0;
@@ -1407,9 +1561,8 @@ fail_errno:
     PyErr_SetFromErrno(PyExc_OSError);
 fail:
     ring_unmap(r);
-    if (r->eventfd >= 0) close(r->eventfd);
     close(fd);
-    r->fd = r->eventfd = -1;
+    r->fd = -1; /* the wake pipe, if made, is closed with the Ring object */
     r->closed = 1;
     return -1;
 }
@@ -1493,6 +1646,15 @@ static PyObject *Ring_get_single_issuer(RingObject *r, void *c) {
     return PyBool_FromLong((r->setup_flags & IORING_SETUP_SINGLE_ISSUER) != 0);
 }
 
+static PyObject *Ring_get_rw_nowait(RingObject *r, void *c) { return PyBool_FromLong(r->rw_nowait); }
+
+static int Ring_set_rw_nowait(RingObject *r, PyObject *v, void *c) {
+    int t = v == NULL ? 0 : PyObject_IsTrue(v);
+    if (t < 0) return -1;
+    r->rw_nowait = t;
+    return 0;
+}
+
 static PyObject *Ring_get_error_handler(RingObject *r, void *c) {
     PyObject *h = r->error_handler ? r->error_handler : Py_None;
     Py_INCREF(h);
@@ -1514,6 +1676,8 @@ static PyMethodDef Ring_methods[] = {
     {"recvfrom_into", (PyCFunction)(void (*)(void))Ring_recvfrom_into, METH_FASTCALL, "recvfrom_into(op, buffer, nbytes=0, flags=0)"},
     {"accept", (PyCFunction)(void (*)(void))Ring_accept, METH_FASTCALL, "accept(op, multishot=False)"},
     {"poll", (PyCFunction)(void (*)(void))Ring_poll, METH_FASTCALL, "poll(op, events, multishot=False)"},
+    {"poll_fd", (PyCFunction)(void (*)(void))Ring_poll_fd, METH_FASTCALL,
+     "poll_fd(op, fd, events): one-shot poll of fd, which the ring closes after the final completion"},
     {"read", (PyCFunction)(void (*)(void))Ring_read, METH_FASTCALL, "read(op, nbytes)"},
     {"read_into", (PyCFunction)(void (*)(void))Ring_read_into, METH_FASTCALL, "read_into(op, buffer, nbytes=0)"},
     {"write", (PyCFunction)(void (*)(void))Ring_write, METH_FASTCALL, "write(op, data)"},
@@ -1521,6 +1685,7 @@ static PyMethodDef Ring_methods[] = {
     {"cancel", (PyCFunction)Ring_cancel, METH_O, "cancel(op) -> bool"},
     {"run", (PyCFunction)Ring_run, METH_O, "run(timeout): submit, wait, dispatch completions"},
     {"wakeup", (PyCFunction)Ring_wakeup, METH_NOARGS, "wake a blocked run() from any thread"},
+    {"wakeup_fd", (PyCFunction)Ring_wakeup_fd, METH_NOARGS, "the wake pipe's write end (for signal.set_wakeup_fd)"},
     {"close", (PyCFunction)(void (*)(void))Ring_close, METH_FASTCALL, "close(timeout=5.0) -> ops abandoned"},
     {"ring_info", (PyCFunction)Ring_info, METH_NOARGS, "setup flags, features and counters"},
     {"reset", (PyCFunction)Ring_reset, METH_NOARGS, "rebuild the kernel ring (nothing may be in flight)"},
@@ -1534,6 +1699,9 @@ static PyGetSetDef Ring_getset[] = {
     {"closed", (getter)Ring_get_closed, NULL, "closed", NULL},
     {"ring_fd", (getter)Ring_get_ring_fd, NULL, "the io_uring fd", NULL},
     {"single_issuer", (getter)Ring_get_single_issuer, NULL, "IORING_SETUP_SINGLE_ISSUER in use", NULL},
+    {"inject_rw_nowait", (getter)Ring_get_rw_nowait, (setter)Ring_set_rw_nowait,
+     "tests: submit READ/WRITE with RWF_NOWAIT (-EAGAIN when not ready, as older kernels "
+     "do for O_NONBLOCK files)", NULL},
     {"error_handler", (getter)Ring_get_error_handler, (setter)Ring_set_error_handler,
      "called as error_handler(op, exc) when a completion callback raises an Exception", NULL},
     {NULL},

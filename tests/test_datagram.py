@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import pytest
+from conftest import skip_under_wine
 
 
 class Collector(asyncio.DatagramProtocol):
@@ -90,7 +91,9 @@ def test_connected_endpoint_rejects_other_address(run: Any) -> None:
     run(main())
 
 
-def test_error_received_on_refused(run: Any) -> None:
+def test_error_received_on_refused(run: Any, loop_name: str) -> None:
+    skip_under_wine(loop_name, ("emulated",),
+                    "Wine: ICMP port unreachable is not reported to a non-blocking UDP recvfrom")
     async def main() -> list[Exception]:
         loop = asyncio.get_running_loop()
         probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -159,6 +162,14 @@ def test_create_datagram_endpoint_argument_errors(run: Any) -> None:
 def test_allow_broadcast_and_reuse_port(run: Any) -> None:
     async def main() -> tuple[int, int]:
         loop = asyncio.get_running_loop()
+        if not hasattr(socket, "SO_REUSEPORT"):  # Windows: refused, as by the stdlib
+            with pytest.raises(ValueError, match="reuse_port not supported by socket module"):
+                await loop.create_datagram_endpoint(Collector, local_addr=("127.0.0.1", 0), reuse_port=True)
+            tr, pr = await loop.create_datagram_endpoint(Collector, local_addr=("127.0.0.1", 0),
+                                                         allow_broadcast=True)
+            flag = tr.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)
+            tr.close()
+            return flag, 1
         tr, pr = await loop.create_datagram_endpoint(Collector, local_addr=("127.0.0.1", 0),
                                                      allow_broadcast=True, reuse_port=True)
         sock = tr.get_extra_info("socket")
@@ -190,7 +201,10 @@ def test_unix_datagram(run: Any, tmp_path: Any) -> None:
 
 
 @pytest.mark.skipif(sys.version_info < (3, 13), reason="empty datagrams are sent from 3.13 (earlier versions drop them)")
-def test_empty_datagram_is_sent(run: Any) -> None:
+def test_empty_datagram_is_sent(run: Any, loop_name: str, request: Any) -> None:
+    if loop_name == "stdlib" and sys.platform == "win32":
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="the ProactorEventLoop drops received empty datagrams (`if data:`)"))
     async def main() -> bytes:
         loop = asyncio.get_running_loop()
         st, sp = await loop.create_datagram_endpoint(Collector, local_addr=("127.0.0.1", 0))

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import pytest
+from conftest import WINE_RST_IS_EOF, skip_under_wine
 
 
 class Recorder(asyncio.Protocol):
@@ -282,7 +283,8 @@ def test_abort_with_unsent_data(run: Any) -> None:
     assert events.count("lost") == 1
 
 
-def test_peer_reset_mid_write_reports_no_handler_error(run: Any) -> None:
+def test_peer_reset_mid_write_reports_no_handler_error(run: Any, loop_name: str) -> None:
+    skip_under_wine(loop_name, ("emulated", "stdlib"), WINE_RST_IS_EOF)
     async def main() -> tuple[Any, list[Any]]:
         loop = asyncio.get_running_loop()
         handled: list[Any] = []
@@ -305,7 +307,10 @@ def test_peer_reset_mid_write_reports_no_handler_error(run: Any) -> None:
     assert handled == []
 
 
-def test_data_received_exception_goes_to_handler(run: Any) -> None:
+def test_data_received_exception_goes_to_handler(run: Any, loop_name: str) -> None:
+    if loop_name == "stdlib" and sys.platform == "win32":
+        pytest.skip("the ProactorEventLoop lets a data_received() exception escape _loop_reading "
+                    "('Exception in callback') and keeps the transport open: this test would hang")
     class Bad(Recorder):
         def data_received(self, data: bytes) -> None:
             raise ValueError("protocol bug")
@@ -370,7 +375,9 @@ def test_buffered_protocol(run: Any) -> None:
     assert run(main())
 
 
-def test_many_concurrent_connections(run: Any) -> None:
+def test_many_concurrent_connections(run: Any, loop_name: str) -> None:
+    if loop_name == "emulated" and sys.platform == "win32":
+        pytest.skip("the emulated port uses select() on Windows, which takes at most 512 sockets")
     n = 1000
 
     async def main() -> int:
@@ -467,7 +474,9 @@ def test_server_close_and_abort_clients(run: Any) -> None:
 def test_create_server_multiple_hosts_and_options(run: Any) -> None:
     async def main() -> set[str]:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(Recorder, ["127.0.0.1", "localhost"], 0, reuse_port=True, backlog=5)
+        reuse_port = hasattr(socket, "SO_REUSEPORT")  # Windows has none (ValueError, as the stdlib)
+        server = await loop.create_server(Recorder, ["127.0.0.1", "localhost"], 0, reuse_port=reuse_port,
+                                          backlog=5)
         hosts = {s.getsockname()[0] for s in server.sockets}
         server.close()
         await server.wait_closed()

@@ -10,7 +10,8 @@ import conftest
 import pytest
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc/self/fd")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.isdir("/proc/self/fd"),
+                    reason="reads /proc/self/fd (Linux)")
 def test_no_fd_leaked_by_the_suite() -> None:
     gc.collect()
     leaked = conftest.open_fds() - conftest.FDS_AT_START
