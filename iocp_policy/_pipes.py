@@ -48,11 +48,12 @@ import errno
 import logging
 import os
 import stat
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from ._net import NetMixin
-from ._port import POLLIN
+from ._port import POLLIN, require_pipes
 from ._stream import StreamTransport, _SendfileMode
 
 logger = logging.getLogger("asyncio")
@@ -108,7 +109,7 @@ class _PipeTransport(StreamTransport):
         self._extra["pipe"] = sock
 
     def _prepare(self) -> None:
-        if _POSIX:
+        if sys.platform != "win32":  # Windows pipe handles are overlapped, not O_NONBLOCK
             os.set_blocking(self._sock_fd, False)
 
     def __repr__(self) -> str:
@@ -273,6 +274,7 @@ class PipeMixin(NetMixin):
 
     async def _connect_pipe(self, make: Callable[..., Any], protocol_factory: Callable[[], Any],
                             pipe: Any, direction: str) -> tuple[Any, Any]:
+        require_pipes(self._port, f"connect_{direction.lower()}_pipe")
         protocol = protocol_factory()
         waiter = self.create_future()
         transport = make(pipe, protocol, waiter)

@@ -16,7 +16,9 @@ _T = TypeVar("_T")
 # Policies are deprecated from Python 3.14 (gh-127949) and go away in 3.16.
 POLICIES_DEPRECATED = sys.version_info >= (3, 14)
 
-_BasePolicy: Any = getattr(events, "BaseDefaultEventLoopPolicy", None) or events._BaseDefaultEventLoopPolicy
+# Renamed with a leading underscore in 3.14, when policies were deprecated.
+_BASE_NAMES = ("BaseDefaultEventLoopPolicy", "_BaseDefaultEventLoopPolicy")
+_BasePolicy: Any = next(getattr(events, name) for name in _BASE_NAMES if hasattr(events, name))
 
 
 def new_event_loop(*, backend: str | None = None) -> Loop:

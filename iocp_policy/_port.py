@@ -171,6 +171,16 @@ class CompletionPort(Protocol):
     def info(self) -> dict[str, Any]: ...
 
 
+def require_pipes(port: Any, what: str) -> None:
+    """Refuse pipe I/O on a port that cannot wait on pipes (the emulated port
+    on Windows), before anything is started, with the stdlib's exception."""
+    if not getattr(port, "pipes_supported", True):
+        raise NotImplementedError(
+            f"{what} needs pipe I/O, which the {port.name} backend cannot wait on here "
+            "(select() takes sockets only); use the native backend"
+        )
+
+
 class BackendUnavailableError(RuntimeError):
     """A backend forced with IOCP_POLICY_BACKEND (or ``backend=``) cannot run here."""
 
@@ -279,7 +289,7 @@ def connect_via_poll(port: CompletionPort, op: Any, address: Any) -> None:
 def sendfile_via_poll(port: CompletionPort, op: Any, in_fd: int, offset: int, count: int) -> None:
     """One zero-copy sendfile(2) of up to ``count`` bytes, retried each time
     the socket turns writable until it moves some bytes or fails."""
-    if not hasattr(os, "sendfile"):
+    if sys.platform == "win32" or not hasattr(os, "sendfile"):
         port.post(op, -errno.ENOSYS)  # the caller falls back to read + send
         return
     out_fd = op.fd
@@ -333,6 +343,8 @@ def _exited_pipe_read_end() -> int:
 
 
 def _wait_exit_then_close(pid: int, w: int) -> None:
+    if sys.platform == "win32":  # unreachable there (process_exit_fd branches first); for mypy
+        raise AssertionError("POSIX only")
     try:
         while True:
             try:
@@ -346,10 +358,44 @@ def _wait_exit_then_close(pid: int, w: int) -> None:
         os.close(w)  # the poll on the read end now reports POLLHUP
 
 
+if sys.platform == "win32":  # (an if, not a function-level check: mypy narrows on it)
+    import _winapi
+
+    def _windows_exit_socket(pid: int) -> int:
+        """Windows (the emulated port's select() takes sockets only): a socket
+        whose peer a waiter thread closes when the process exits.  The process
+        handle keeps the pid from being reused while we wait."""
+        r, w = socket.socketpair()
+        try:
+            handle = _winapi.OpenProcess(_winapi.SYNCHRONIZE, False, pid)
+        except OSError:  # no such process any more: already exited
+            w.close()
+            return r.detach()
+
+        def wait() -> None:
+            try:
+                _winapi.WaitForSingleObject(handle, _winapi.INFINITE)
+            finally:
+                _winapi.CloseHandle(handle)
+                w.close()
+
+        try:
+            threading.Thread(target=wait, daemon=True, name=f"iocp_policy-wait-{pid}").start()
+        except BaseException:
+            _winapi.CloseHandle(handle)
+            r.close()
+            w.close()
+            raise
+        return r.detach()
+
+
 def process_exit_fd(pid: int) -> int:
     """A descriptor that turns readable when child ``pid`` exits, without
     reaping it: a pidfd, else the read end of a pipe closed by a waiter
-    thread.  The caller owns it."""
+    thread (a socket on Windows).  The caller owns it and closes it with
+    ``socket.close()``, which is close(2) on POSIX and closesocket on Windows."""
+    if sys.platform == "win32":
+        return _windows_exit_socket(pid)
     pidfd_open = getattr(os, "pidfd_open", None)
     if pidfd_open is not None:
         try:

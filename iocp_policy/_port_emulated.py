@@ -48,6 +48,7 @@ import os
 import select
 import selectors
 import socket
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -125,7 +126,7 @@ class EmulatedOp:
     def _close_owned(self) -> None:
         fd, self._owned_fd = self._owned_fd, -1
         if fd >= 0:
-            os.close(fd)
+            socket.close(fd)  # close(2) on POSIX; a socket handle on Windows
 
     def __repr__(self) -> str:
         state = " active" if self.active else ""
@@ -168,6 +169,9 @@ class EmulatedPort:
     """Completion port over :mod:`selectors`.  See the module docstring."""
 
     name = "emulated"
+    # Windows' select() waits on sockets only: no pipes, so no subprocess
+    # pipes either (the stdlib's Windows SelectorEventLoop refuses them too).
+    pipes_supported = sys.platform != "win32"
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
@@ -397,6 +401,8 @@ class EmulatedPort:
             return len(data)
         if kind == _READ_INTO:
             buf = op._a if not op._b else memoryview(op._a)[: op._b]
+            if sys.platform == "win32":  # refused earlier (pipes_supported); for mypy
+                raise OSError(errno.ENOTSUP, "no readv() on Windows")
             return os.readv(op.fd, [buf])
         if kind == _WRITE:
             return os.write(op.fd, op._a)

@@ -48,6 +48,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._pipes import PipeMixin
+from ._port import require_pipes
 
 logger = logging.getLogger("asyncio")
 
@@ -135,6 +136,7 @@ class SubprocessMixin(PipeMixin):
 
     async def _spawn(self, protocol_factory: Callable[[], Any], args: Any, shell: bool,
                      stdio: tuple[Any, Any, Any], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        require_pipes(self._port, "subprocess_exec/subprocess_shell")
         protocol = protocol_factory()
         if self._debug:  # the command line itself may hold secrets: only its stdio is logged
             logger.debug("start %s (stdin=%r, stdout=%r, stderr=%r)", "shell command" if shell else "program",

@@ -200,7 +200,8 @@ def test_unix_datagram(run: Any, tmp_path: Any) -> None:
     assert run(main()) == (b"unix dgram", b_path)
 
 
-@pytest.mark.skipif(sys.version_info < (3, 13), reason="empty datagrams are sent from 3.13 (earlier versions drop them)")
+@pytest.mark.skipif(sys.version_info < (3, 13),
+                    reason="empty datagrams are sent from 3.13 (earlier versions drop them)")
 def test_empty_datagram_is_sent(run: Any, loop_name: str, request: Any) -> None:
     if loop_name == "stdlib" and sys.platform == "win32":
         request.applymarker(pytest.mark.xfail(

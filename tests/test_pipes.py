@@ -19,6 +19,7 @@ if sys.platform == "win32":  # before importing pty/termios, which Windows lacks
 
 import pty
 import termios
+
 from port_helpers import fill_pipe, pump
 
 import iocp_policy

@@ -943,3 +943,46 @@ def test_add_reader_refuses_pipes() -> None:
         loop.close()
         for h in (r, wr):
             _winapi.CloseHandle(h)
+
+
+def test_connect_pipes_on_overlapped_pipe_handles(proactor_factory: Any) -> None:
+    """connect_read_pipe/connect_write_pipe on a Windows pipe pair, with flow
+    through both transports, EOF when the writer closes, and data intact."""
+
+    async def main() -> tuple[bytes, bool]:
+        loop = asyncio.get_running_loop()
+        # Duplex, as asyncio's own subprocess pipes: the ProactorEventLoop's
+        # write-pipe transport reads its end to notice the reader closing,
+        # which a write-only handle refuses (WinError 5).
+        rh, wh = windows_utils.pipe(overlapped=(True, True), duplex=True)
+        reader_pipe, writer_pipe = windows_utils.PipeHandle(rh), windows_utils.PipeHandle(wh)
+        received = bytearray()
+        eof: asyncio.Future[bool] = loop.create_future()
+
+        class Reader(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                received.extend(data)
+
+            def eof_received(self) -> None:
+                if not eof.done():
+                    eof.set_result(True)
+
+            def connection_lost(self, exc: BaseException | None) -> None:
+                if not eof.done():
+                    eof.set_result(exc is None)
+
+        rtr, _ = await loop.connect_read_pipe(Reader, reader_pipe)
+        wtr, _ = await loop.connect_write_pipe(asyncio.Protocol, writer_pipe)
+        payload = os.urandom(3 << 20)
+        for i in range(0, len(payload), 100_000):
+            wtr.write(payload[i:i + 100_000])
+        while wtr.get_write_buffer_size():
+            await asyncio.sleep(0.01)
+        wtr.close()
+        clean = await asyncio.wait_for(eof, 30)
+        rtr.close()
+        await asyncio.sleep(0.01)
+        return hashlib.sha256(received).digest() == hashlib.sha256(payload).digest(), clean
+
+    intact, clean = run_on(proactor_factory, main())
+    assert intact and clean
