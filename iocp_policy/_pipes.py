@@ -138,7 +138,7 @@ class ReadPipeTransport(_PipeTransport):
         # into its buffers (the stream transport's start_tls path), so both
         # protocol kinds work (the stdlib only calls data_received).
         self._read_buf = None
-        self._port.read(self._rop, self._rsize)  # sized like the stream transport's receives
+        self._port.read(self._rop, self.max_size)  # sized like the stream transport's receives
 
     def _on_eof(self) -> None:
         # A read pipe is done at EOF whatever eof_received() says, and the

@@ -541,12 +541,15 @@ class EmulatedPort:
         for key, mask in selected:
             st = key.data
             if st is _WAKE:
-                self._wake_pending = False
                 try:
                     while self._wake_r.recv(4096):
                         pass
                 except OSError:
                     pass
+                # Clear only after draining: a wakeup() between a clear and the
+                # drain would have its byte swallowed while the flag stays set,
+                # and every later wakeup() would skip its write (lost wakeup).
+                self._wake_pending = False
                 continue
             if st.pollers:
                 ready = (POLLIN if mask & selectors.EVENT_READ else 0) | (

@@ -57,11 +57,12 @@ def _set_nodelay(sock: socket.socket) -> None:
 class StreamTransport(PortTransport, asyncio.Transport):
     """asyncio.Transport over a connected stream socket (TCP, Unix)."""
 
-    max_size = 256 * 1024  # largest receive (the stdlib selector loop's size)
-    # Usual receive: under glibc's 128 KiB mmap threshold, so the bytes object
-    # comes from the heap.  A 256 KiB allocation per receive costs mmap +
-    # mremap (shrink) + munmap: three syscalls per read, measured with strace.
-    small_size = 64 * 1024
+    # Bytes per receive.  The stdlib selector loop reads 256 KiB; here each
+    # receive allocates its bytes object up front, and above glibc's 128 KiB
+    # mmap threshold that costs mmap + mremap (shrink) + munmap per read and a
+    # page fault per page written (strace -c; /proc/<pid>/stat minflt): 64 KiB
+    # comes from the heap, warm.  See docs/design.md for the measurements.
+    max_size = 64 * 1024
     direct_send = True  # try send() inline when nothing is queued (see module doc)
     _error_noun = "socket"  # in error messages; pipe transports say "pipe", as the stdlib's
     _start_tls_compatible = True
@@ -84,7 +85,6 @@ class StreamTransport(PortTransport, asyncio.Transport):
         self._wbuf: deque[Any] = deque()
         self._wbuf_size = 0
         self._read_buf: Any = None  # the buffer of an in-flight recv_into, else None
-        self._rsize = self.small_size  # grows to max_size while receives come back full
         self._prepare()
         loop._transports[self._sock_fd] = self
         if server is not None:
@@ -117,7 +117,7 @@ class StreamTransport(PortTransport, asyncio.Transport):
             self._port.recv_into(self._rop, buf)
         else:
             self._read_buf = None
-            self._port.recv(self._rop, self._rsize)
+            self._port.recv(self._rop, self.max_size)
 
     def _submit_write(self) -> None:
         wbuf = self._wbuf
@@ -212,11 +212,6 @@ class StreamTransport(PortTransport, asyncio.Transport):
             data = None if self._buffered else bytes(memoryview(buf)[:res]) if res > 0 else b""
         else:
             data = self._rop.data
-            # Bulk transfer fills the buffer: read bigger; short reads: back to small.
-            if res >= self._rsize:
-                self._rsize = self.max_size
-            elif res < self.small_size // 2:
-                self._rsize = self.small_size
         if self._paused:
             self._held = (res, data)
             return

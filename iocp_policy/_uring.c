@@ -1078,12 +1078,18 @@ static int ring_dispatch_one(RingObject *r, uint64_t ud, int32_t res, uint32_t c
     if (ud == UD_IGNORE) return 0;
     if (ud == UD_WAKE) {
         char buf[256];
-        __atomic_store_n(&r->wake_pending, 0, __ATOMIC_RELEASE);
         /* Drain: wakeup() bytes and signal numbers (the interpreter keeps
            its own record of which signals fired).  A short read means
            empty; more bytes written later post another CQE. */
         while (read(r->wake_rfd, buf, sizeof buf) == (ssize_t)sizeof buf) {
         }
+        /* Clear the coalescing flag only *after* draining.  Cleared before,
+           a wakeup() racing in between writes a byte the drain swallows and
+           leaves the flag set: every later wakeup() then skips its write and
+           the loop can sleep forever.  Cleared after, a wakeup() that saw the
+           flag still set had queued its callback before checking it, and the
+           loop runs that callback in this very iteration. */
+        __atomic_store_n(&r->wake_pending, 0, __ATOMIC_RELEASE);
         if (!(cflags & IORING_CQE_F_MORE)) {
             r->wake_armed = 0;
             if (!r->closing && !r->closed && ring_arm_wake(r) < 0) return -1;

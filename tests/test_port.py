@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import select
 import socket
 import sys
 import threading
@@ -329,3 +330,39 @@ def test_uring_degraded_rings_work(reject: str, monkeypatch: Any) -> None:
     p.close()
     a.close()
     b.close()
+
+
+def test_emulated_wakeup_racing_the_drain_is_not_lost() -> None:
+    """The interleaving that lost wakeups, made deterministic: another thread's
+    wakeup() lands while run() drains the wake socket.  Afterwards the next
+    wakeup() must still be written (the coalescing flag must not stay set
+    with nothing left to read)."""
+    from iocp_policy._port_emulated import EmulatedPort
+
+    port = EmulatedPort()
+    real = port._wake_r
+    raced = []
+
+    class RacingSocket:
+        def recv(self, n: int) -> bytes:
+            if not raced:
+                raced.append(True)
+                port.wakeup()  # "another thread", right inside the drain
+            return real.recv(n)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    try:
+        port.wakeup()
+        port._wake_r = RacingSocket()  # type: ignore[assignment]
+        port.run(1.0)  # wakes, drains (with the racing wakeup inside)
+        port._wake_r = real
+        assert raced
+        # The invariant that keeps wakeups alive: "a wakeup is pending" must
+        # mean a byte is waiting, or the next wakeup() writes nothing.
+        byte_waiting = bool(select.select([real], [], [], 0)[0])
+        assert not port._wake_pending or byte_waiting, "wakeup flag stuck with nothing to read"
+    finally:
+        port._wake_r = real
+        port.close()

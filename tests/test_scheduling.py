@@ -561,3 +561,4 @@ def test_loop_moves_between_threads(loop_factory: Any) -> None:
         assert lp.run_until_complete(asyncio.sleep(0, 3)) == 3
     finally:
         lp.close()
+

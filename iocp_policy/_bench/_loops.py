@@ -79,6 +79,23 @@ def version(name: str) -> str:
     if spec.distribution == "python":
         return f"{platform.python_implementation()} {platform.python_version()}"
     try:
-        return importlib.metadata.version(spec.distribution)
+        found = importlib.metadata.version(spec.distribution)
     except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+        found = "unknown"
+    if spec.ours and (commit := _source_commit()):
+        found += f" (git {commit})"
+    return found
+
+
+def _source_commit() -> str | None:
+    """``git describe`` of the checkout our package is imported from, if it is one."""
+    import os
+    import subprocess
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        proc = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty"], capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None

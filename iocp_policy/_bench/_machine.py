@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import shutil
@@ -30,12 +31,26 @@ def compiler_version(cc: str | None) -> str | None:
     return out.splitlines()[0] if out else None
 
 
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions of the packages the workloads use (None: not installed)."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
 def describe(cc: str | None = None) -> dict[str, Any]:
     usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    try:
-        load: list[float] | None = list(os.getloadavg())
-    except OSError:
-        load = None
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -43,5 +58,6 @@ def describe(cc: str | None = None) -> dict[str, Any]:
         "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "compiler": compiler_version(cc or shutil.which("cc") or shutil.which("gcc")),
-        "loadavg_at_start": load,
+        "packages": package_versions(("httptools", "uvicorn", "matplotlib")),
+        "loadavg_at_start": loadavg(),
     }

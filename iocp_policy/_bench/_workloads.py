@@ -22,6 +22,7 @@ class NetWorkload:
     quick: bool
     description: str
     unit: str = "req/s"
+    requires: tuple[str, ...] = ()  # modules the server imports (optional dependencies)
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,11 @@ def _http() -> list[NetWorkload]:
         "httptools": "a minimal asyncio.Protocol server parsing with httptools",
         "uvicorn": "an ASGI app under uvicorn (http=httptools, no access log)",
     }
+    requires = {"httptools": ("httptools",), "uvicorn": ("uvicorn", "httptools")}
     return [
         NetWorkload(
             name=f"http-{server}-c{conns}", group="http", server=server, client="http", size=0,
-            conns=conns, quick=conns == 100,
+            conns=conns, quick=conns == 100, requires=requires[server],
             description=f"HTTP/1.1 keep-alive GET, {HTTP_BODY}-byte body, {conns} connections; "
                         f"server: {text}",
         )
@@ -86,7 +88,7 @@ def _churn() -> list[NetWorkload]:
     return [
         NetWorkload(
             name=f"churn-{server}-c10", group="churn", server=server, client="churn", size=CHURN_SIZE,
-            conns=10, quick=server in ("sock", "protocol"), unit="conn/s",
+            conns=10, quick=server == "sock", unit="conn/s",
             description=f"connect, one {CHURN_SIZE}-byte echo, close; 10 at a time; "
                         f"server: {_SERVER_TEXT[server]}",
         )

@@ -1,8 +1,10 @@
 /*
  * loadgen: the load generator of `python -m iocp_policy bench`.
  *
- * One thread, epoll (edge-triggered), closed loop: every connection has at
- * most one request in flight, the next one leaves when the reply is complete.
+ * THREADS worker threads (default 1), each with its own epoll set
+ * (edge-triggered) and its share of the connections; closed loop: every
+ * connection has at most one request in flight, the next one leaves when the
+ * reply is complete.  Give it as many threads as it has cores.
  *
  *   echo   send SIZE bytes, wait until the same SIZE bytes come back (checked)
  *   http   GET / HTTP/1.1 on a keep-alive connection, wait for the whole
@@ -13,15 +15,17 @@
  * It runs WARMUP seconds unmeasured, then DURATION seconds measured.  At the
  * two edges of the measured window it reads utime+stime of itself and of the
  * server process from /proc/<pid>/stat, so both CPU times cover exactly the
- * window.  Output: one JSON object on stdout.  Exit status 0, or 1 with
+ * window (the main thread does that; workers only count).  Output: one JSON
+ * object on stdout.  Exit status 0, or 1 with
  * {"error": "..."} when the server could not be reached at all.
  *
- * Built by the benchmark with `cc -O2`; no dependencies beyond libc.
+ * Built by the benchmark with `cc -O2 -pthread`; no dependencies beyond libc.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <stdint.h>
@@ -37,6 +41,8 @@
 enum mode { MODE_ECHO, MODE_HTTP, MODE_CHURN };
 enum phase { PH_CONNECTING, PH_SENDING, PH_RECEIVING };
 
+struct worker;
+
 struct conn {
     int fd;
     enum phase phase;
@@ -45,6 +51,7 @@ struct conn {
     size_t expected; /* bytes of the reply; 0 = not known yet (http headers) */
     uint64_t t_start;
     char *buf;
+    struct worker *w;
 };
 
 static struct {
@@ -52,6 +59,7 @@ static struct {
     const char *host;
     int port;
     int conns;
+    int threads;
     size_t size;
     double warmup;
     double duration;
@@ -59,21 +67,25 @@ static struct {
     const char *request; /* bytes sent per request */
     size_t request_len;
     size_t bufcap;
+    uint64_t t_measure, t_end; /* CLOCK_MONOTONIC ns: the measured window */
 } cfg;
 
-static struct {
+struct worker {
+    pthread_t thread;
+    int epfd;
+    struct conn *conns;
+    int nconns;
     int measuring;
     uint64_t requests;
     uint64_t bytes; /* received in complete replies */
     uint64_t errors;
+    const char *last_error;
     uint32_t *lat; /* nanoseconds, saturating */
     size_t nlat, caplat;
-} st;
+};
 
-static int epfd;
 static struct sockaddr_in addr;
 static char *payload;
-static const char *last_error = "";
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -102,19 +114,19 @@ static double proc_cpu_seconds(int pid) {
     return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
 }
 
-static void record_latency(uint64_t ns) {
-    if (!st.measuring) return;
-    if (st.nlat == st.caplat) {
-        st.caplat = st.caplat ? st.caplat * 2 : 1 << 16;
-        st.lat = realloc(st.lat, st.caplat * sizeof *st.lat);
-        if (!st.lat) { perror("realloc"); exit(2); }
+static void record_latency(struct worker *w, uint64_t ns) {
+    if (!w->measuring) return;
+    if (w->nlat == w->caplat) {
+        w->caplat = w->caplat ? w->caplat * 2 : 1 << 16;
+        w->lat = realloc(w->lat, w->caplat * sizeof *w->lat);
+        if (!w->lat) { perror("realloc"); exit(2); }
     }
-    st.lat[st.nlat++] = ns > UINT32_MAX ? UINT32_MAX : (uint32_t)ns;
+    w->lat[w->nlat++] = ns > UINT32_MAX ? UINT32_MAX : (uint32_t)ns;
 }
 
-static void count_error(const char *what) {
-    last_error = what;
-    if (st.measuring) st.errors++;
+static void count_error(struct worker *w, const char *what) {
+    w->last_error = what;
+    if (w->measuring) w->errors++;
 }
 
 static int open_socket(int nonblocking_connect, int *in_progress) {
@@ -152,7 +164,7 @@ static int open_conn(struct conn *c) {
     c->fd = open_socket(cfg.mode == MODE_CHURN, &in_progress);
     if (c->fd < 0) return -1;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET | EPOLLRDHUP, .data.ptr = c};
-    if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) { perror("epoll_ctl"); exit(2); }
+    if (epoll_ctl(c->w->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) { perror("epoll_ctl"); exit(2); }
     start_request(c);
     c->t_start = t0;
     if (in_progress) c->phase = PH_CONNECTING;
@@ -184,15 +196,15 @@ static int parse_http(struct conn *c) {
 
 /* A reply is complete: account for it and start the next request. */
 static void finish_request(struct conn *c) {
-    uint64_t t = now_ns();
-    record_latency(t - c->t_start);
-    if (st.measuring) {
-        st.requests++;
-        st.bytes += c->received;
+    struct worker *w = c->w;
+    record_latency(w, now_ns() - c->t_start);
+    if (w->measuring) {
+        w->requests++;
+        w->bytes += c->received;
     }
     if (cfg.mode == MODE_CHURN) {
         close_conn(c);
-        if (open_conn(c) < 0) { count_error("connect failed"); c->fd = -1; }
+        if (open_conn(c) < 0) count_error(w, "connect failed");
         return;
     }
     start_request(c);
@@ -200,13 +212,15 @@ static void finish_request(struct conn *c) {
 
 /* The connection of slot c broke or misbehaved: count it and open a new one. */
 static void fail(struct conn *c, const char *why) {
-    count_error(why);
+    count_error(c->w, why);
     close_conn(c);
-    if (open_conn(c) < 0) count_error("reconnect failed");
+    if (open_conn(c) < 0) count_error(c->w, "reconnect failed");
 }
 
-/* Drive one connection as far as it goes without blocking.  Returns when the
- * socket would block (edge-triggered: the next edge resumes it). */
+/* Drive one connection as far as it goes without waiting.  Edge-triggered
+ * epoll reports every arrival of data, so after a request is sent, or after
+ * a read that left the socket empty, the next edge resumes it: no read is
+ * spent on EAGAIN in the common case. */
 static void drive(struct conn *c) {
     while (c->fd >= 0) {
         if (c->phase == PH_CONNECTING) {
@@ -223,8 +237,9 @@ static void drive(struct conn *c) {
                 { fail(c, strerror(errno)); return; }
             }
             c->sent += (size_t)n;
-            if (c->sent == cfg.request_len) c->phase = PH_RECEIVING;
-            continue;
+            if (c->sent < cfg.request_len) continue;
+            c->phase = PH_RECEIVING;
+            return; /* the reply's arrival is the next edge */
         }
         size_t room = cfg.bufcap - 1 - c->received;
         if (room == 0) { fail(c, "reply too large"); return; }
@@ -237,12 +252,40 @@ static void drive(struct conn *c) {
         c->received += (size_t)n;
         if (cfg.mode == MODE_HTTP && c->expected == 0 && parse_http(c) < 0)
             { fail(c, "bad HTTP response"); return; }
-        if (c->expected == 0 || c->received < c->expected) continue;
+        if (c->expected == 0 || c->received < c->expected) {
+            if ((size_t)n < room) return; /* socket drained: wait for the next edge */
+            continue;
+        }
         if (c->received > c->expected) { fail(c, "more bytes than one reply"); return; }
         if (cfg.mode != MODE_HTTP && memcmp(c->buf, payload, cfg.size) != 0)
             { fail(c, "echo differs from what was sent"); return; }
         finish_request(c);
     }
+}
+
+static void *worker_main(void *arg) {
+    struct worker *w = arg;
+    struct epoll_event events[256];
+    for (int i = 0; i < w->nconns; i++) drive(&w->conns[i]);
+    for (;;) {
+        uint64_t t = now_ns();
+        if (!w->measuring && t >= cfg.t_measure) w->measuring = 1;
+        if (t >= cfg.t_end) break;
+        uint64_t next = w->measuring ? cfg.t_end : cfg.t_measure;
+        int timeout_ms = (int)((next - t) / 1000000u) + 1;
+        int n = epoll_wait(w->epfd, events, 256, timeout_ms);
+        if (n < 0 && errno != EINTR) { perror("epoll_wait"); exit(2); }
+        for (int i = 0; i < n; i++) drive(events[i].data.ptr);
+        /* slots whose reconnect failed try again */
+        for (int i = 0; i < w->nconns; i++)
+            if (w->conns[i].fd < 0 && open_conn(&w->conns[i]) == 0) drive(&w->conns[i]);
+    }
+    return NULL;
+}
+
+static void sleep_until(uint64_t t_ns) {
+    struct timespec ts = {.tv_sec = (time_t)(t_ns / 1000000000u), .tv_nsec = (long)(t_ns % 1000000000u)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {}
 }
 
 static int cmp_u32(const void *a, const void *b) {
@@ -252,24 +295,26 @@ static int cmp_u32(const void *a, const void *b) {
 
 static void usage(void) {
     fprintf(stderr, "usage: loadgen -m echo|http|churn -p PORT [-H 127.0.0.1] [-c CONNS] [-s SIZE]\n"
-                    "               [-w WARMUP_S] [-d DURATION_S] [-S SERVER_PID]\n");
+                    "               [-t THREADS] [-w WARMUP_S] [-d DURATION_S] [-S SERVER_PID]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     cfg.host = "127.0.0.1";
     cfg.conns = 10;
+    cfg.threads = 1;
     cfg.size = 1024;
     cfg.warmup = 1.0;
     cfg.duration = 5.0;
     int opt;
     const char *mode = "echo";
-    while ((opt = getopt(argc, argv, "m:H:p:c:s:w:d:S:")) != -1) {
+    while ((opt = getopt(argc, argv, "m:H:p:c:t:s:w:d:S:")) != -1) {
         switch (opt) {
         case 'm': mode = optarg; break;
         case 'H': cfg.host = optarg; break;
         case 'p': cfg.port = atoi(optarg); break;
         case 'c': cfg.conns = atoi(optarg); break;
+        case 't': cfg.threads = atoi(optarg); break;
         case 's': cfg.size = (size_t)atol(optarg); break;
         case 'w': cfg.warmup = atof(optarg); break;
         case 'd': cfg.duration = atof(optarg); break;
@@ -281,7 +326,8 @@ int main(int argc, char **argv) {
     else if (strcmp(mode, "http") == 0) cfg.mode = MODE_HTTP;
     else if (strcmp(mode, "churn") == 0) cfg.mode = MODE_CHURN;
     else usage();
-    if (cfg.port <= 0 || cfg.conns <= 0 || cfg.size == 0 || cfg.duration <= 0) usage();
+    if (cfg.port <= 0 || cfg.conns <= 0 || cfg.size == 0 || cfg.duration <= 0 || cfg.threads <= 0) usage();
+    if (cfg.threads > cfg.conns) cfg.threads = cfg.conns;
 
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)cfg.port);
@@ -300,58 +346,71 @@ int main(int argc, char **argv) {
         cfg.bufcap = cfg.size + 1;
     }
 
-    epfd = epoll_create1(EPOLL_CLOEXEC);
     struct conn *conns = calloc((size_t)cfg.conns, sizeof *conns);
-    for (int i = 0; i < cfg.conns; i++) {
-        conns[i].buf = malloc(cfg.bufcap);
-        if (open_conn(&conns[i]) < 0) {
-            printf("{\"error\": \"connect to %s:%d failed: %s\"}\n", cfg.host, cfg.port, strerror(errno));
-            return 1;
+    struct worker *workers = calloc((size_t)cfg.threads, sizeof *workers);
+    for (int t = 0; t < cfg.threads; t++) {
+        struct worker *w = &workers[t];
+        w->epfd = epoll_create1(EPOLL_CLOEXEC);
+        w->last_error = "";
+        w->conns = conns + (size_t)t * (size_t)cfg.conns / (size_t)cfg.threads;
+        w->nconns = (int)((size_t)(t + 1) * (size_t)cfg.conns / (size_t)cfg.threads
+                          - (size_t)t * (size_t)cfg.conns / (size_t)cfg.threads);
+        for (int i = 0; i < w->nconns; i++) {
+            struct conn *c = &w->conns[i];
+            c->w = w;
+            c->buf = malloc(cfg.bufcap);
+            if (open_conn(c) < 0) {
+                printf("{\"error\": \"connect to %s:%d failed: %s\"}\n", cfg.host, cfg.port, strerror(errno));
+                return 1;
+            }
         }
     }
-    for (int i = 0; i < cfg.conns; i++) drive(&conns[i]);
-
     uint64_t t0 = now_ns();
-    uint64_t t_measure = t0 + (uint64_t)(cfg.warmup * 1e9);
-    uint64_t t_end = t_measure + (uint64_t)(cfg.duration * 1e9);
-    double cpu0_self = 0, cpu0_server = 0;
-    uint64_t t_start_measured = 0;
-    struct epoll_event events[256];
-    for (;;) {
-        uint64_t t = now_ns();
-        if (!st.measuring && t >= t_measure) {
-            st.measuring = 1;
-            t_start_measured = t;
-            cpu0_self = proc_cpu_seconds(0);
-            cpu0_server = proc_cpu_seconds(cfg.server_pid);
-        }
-        if (st.measuring && t >= t_end) break;
-        uint64_t next = st.measuring ? t_end : t_measure;
-        int timeout_ms = (int)((next - t) / 1000000u) + 1;
-        int n = epoll_wait(epfd, events, 256, timeout_ms);
-        if (n < 0 && errno != EINTR) { perror("epoll_wait"); return 2; }
-        for (int i = 0; i < n; i++) drive(events[i].data.ptr);
-        /* slots whose reconnect failed try again */
-        for (int i = 0; i < cfg.conns; i++)
-            if (conns[i].fd < 0 && open_conn(&conns[i]) == 0) drive(&conns[i]);
-    }
+    cfg.t_measure = t0 + (uint64_t)(cfg.warmup * 1e9);
+    cfg.t_end = cfg.t_measure + (uint64_t)(cfg.duration * 1e9);
+    for (int t = 0; t < cfg.threads; t++)
+        if (pthread_create(&workers[t].thread, NULL, worker_main, &workers[t]) != 0) { perror("pthread"); return 2; }
+
+    sleep_until(cfg.t_measure);
+    uint64_t t_start_measured = now_ns();
+    double cpu0_self = proc_cpu_seconds(0);
+    double cpu0_server = proc_cpu_seconds(cfg.server_pid);
+    sleep_until(cfg.t_end);
     uint64_t t_stop = now_ns();
     double cpu1_self = proc_cpu_seconds(0);
     double cpu1_server = proc_cpu_seconds(cfg.server_pid);
+    for (int t = 0; t < cfg.threads; t++) pthread_join(workers[t].thread, NULL);
     double seconds = (double)(t_stop - t_start_measured) / 1e9;
 
-    double p50 = 0, p99 = 0, pmax = 0;
-    if (st.nlat) {
-        qsort(st.lat, st.nlat, sizeof *st.lat, cmp_u32);
-        p50 = st.lat[(st.nlat - 1) / 2] / 1e3;
-        p99 = st.lat[(size_t)((double)(st.nlat - 1) * 0.99)] / 1e3;
-        pmax = st.lat[st.nlat - 1] / 1e3;
+    /* merge what the workers counted */
+    uint64_t requests = 0, bytes = 0, errors = 0;
+    size_t nlat = 0;
+    const char *last_error = "";
+    for (int t = 0; t < cfg.threads; t++) {
+        requests += workers[t].requests;
+        bytes += workers[t].bytes;
+        errors += workers[t].errors;
+        nlat += workers[t].nlat;
+        if (workers[t].errors) last_error = workers[t].last_error;
     }
-    printf("{\"mode\": \"%s\", \"conns\": %d, \"size\": %zu, \"seconds\": %.6f, \"requests\": %llu, "
+    uint32_t *lat = malloc((nlat ? nlat : 1) * sizeof *lat);
+    for (int t = 0, k = 0; t < cfg.threads; t++) {
+        memcpy(lat + k, workers[t].lat, workers[t].nlat * sizeof *lat);
+        k += (int)workers[t].nlat;
+    }
+
+    double p50 = 0, p99 = 0, pmax = 0;
+    if (nlat) {
+        qsort(lat, nlat, sizeof *lat, cmp_u32);
+        p50 = lat[(nlat - 1) / 2] / 1e3;
+        p99 = lat[(size_t)((double)(nlat - 1) * 0.99)] / 1e3;
+        pmax = lat[nlat - 1] / 1e3;
+    }
+    printf("{\"mode\": \"%s\", \"conns\": %d, \"threads\": %d, \"size\": %zu, \"seconds\": %.6f, \"requests\": %llu, "
            "\"bytes\": %llu, \"errors\": %llu, \"last_error\": \"%s\", \"p50_us\": %.1f, \"p99_us\": %.1f, "
            "\"max_us\": %.1f, \"client_cpu_s\": %.3f, \"server_cpu_s\": %.3f}\n",
-           mode, cfg.conns, cfg.size, seconds, (unsigned long long)st.requests, (unsigned long long)st.bytes,
-           (unsigned long long)st.errors, st.errors ? last_error : "", p50, p99, pmax,
+           mode, cfg.conns, cfg.threads, cfg.size, seconds, (unsigned long long)requests,
+           (unsigned long long)bytes, (unsigned long long)errors, last_error, p50, p99, pmax,
            cpu1_self - cpu0_self,
            (cfg.server_pid > 0 && cpu0_server >= 0 && cpu1_server >= 0) ? cpu1_server - cpu0_server : -1.0);
     return 0;
