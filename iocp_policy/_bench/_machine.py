@@ -43,8 +43,11 @@ def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
 
 
 def loadavg() -> list[float] | None:
+    getloadavg = getattr(os, "getloadavg", None)  # none on Windows
+    if getloadavg is None:
+        return None
     try:
-        return list(os.getloadavg())
+        return list(getloadavg())
     except OSError:
         return None
 
