@@ -27,7 +27,9 @@ if [ ! -x "$WINE_DIR/setup.sh" ]; then
   exit 2
 fi
 
-# 1. Wine + Windows CPython (idempotent: about 45 s cold, 2 s when cached).
+# 1. Wine + Windows CPython (idempotent: about 45 s cold, 2 s when cached),
+#    plus our test dependencies that are not in the shared requirements.
+export WINEPY_EXTRA_REQUIREMENTS="$ROOT/.ci/wine-requirements.txt"
 if ! "$WINE_DIR/setup.sh" >"$LOGDIR/wine-setup.log" 2>&1; then
   tail -30 "$LOGDIR/wine-setup.log"
   summary "FAILED: Wine set-up failed (see $LOGDIR/wine-setup.log)"
@@ -72,6 +74,28 @@ PY
 then
   summary "FAILED: cannot read pyproject.toml (needs a host python3 >= 3.11 for tomllib)"
   exit 2
+fi
+
+# 3b. TLS test certificates, made now with the host's openssl (trustme needs
+#     cryptography, whose native extension does not load under Wine): a CA and
+#     a server certificate for localhost/127.0.0.1.  tests/test_tls.py reads
+#     them from IOCP_TEST_TLS_DIR when trustme is not importable.
+TLS_DIR=$SCRATCH/tls
+mkdir -p "$TLS_DIR"
+if command -v openssl >/dev/null 2>&1; then
+  (
+    cd "$TLS_DIR" &&
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=iocp-policy test CA" \
+      -keyout ca.key -out ca.pem -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" -addext "subjectKeyIdentifier=hash" &&
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr &&
+    # Python 3.13 verifies strictly (VERIFY_X509_STRICT): key usage and key ids.
+    printf '%s\n' 'subjectAltName=DNS:localhost,IP:127.0.0.1' 'basicConstraints=CA:FALSE' \
+      'keyUsage=critical,digitalSignature,keyEncipherment' 'extendedKeyUsage=serverAuth' \
+      'subjectKeyIdentifier=hash' 'authorityKeyIdentifier=keyid,issuer' >ext.cnf &&
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile ext.cnf -out server.pem
+  ) >"$LOGDIR/wine-tls.log" 2>&1 && export IOCP_TEST_TLS_DIR=$TLS_DIR
 fi
 
 # 4. The suite, on the differential harness's Windows loops.
