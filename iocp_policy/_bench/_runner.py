@@ -54,7 +54,7 @@ def choose_cpus() -> tuple[int | None, tuple[int, ...], str | None]:
 
 
 def _pin(cpus: set[int]) -> Callable[[], None] | None:
-    if not cpus:
+    if not cpus or sys.platform == "win32":  # no sched_setaffinity there (nor cores picked)
         return None
 
     def pin() -> None:  # runs in the child between fork and exec, like taskset
