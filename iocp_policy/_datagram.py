@@ -115,7 +115,10 @@ class DatagramTransport(PortTransport, asyncio.DatagramTransport):
             if addr not in (None, self._address):
                 raise ValueError(f"Invalid address: must be None or {self._address}")
             addr = self._address
-        if self._conn_lost and self._address:
+        if self._conn_lost:
+            # After close()/abort(), as write() on a stream transport: dropped
+            # (the stdlib only handles the connected case and otherwise raises
+            # AttributeError from its closed socket; uvloop drops it).
             if self._conn_lost >= _LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1

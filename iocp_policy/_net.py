@@ -297,6 +297,10 @@ class NetMixin(SockMixin):
             if sock is not None:
                 sock.close()
             raise
+        finally:
+            # The error lists reach this frame's exceptions, whose tracebacks
+            # reach this frame: drop them or they live in a cycle (gh-124859).
+            exceptions = mine = None  # type: ignore[assignment]
 
     # -- create_server ------------------------------------------------------------
 

@@ -94,7 +94,7 @@ class Handle(_LoopHandle):
 class _Watch:
     """One direction (POLLIN or POLLOUT) of add_reader/add_writer on one fd."""
 
-    __slots__ = ("cancel_sent", "events", "fd", "handle", "loop", "op", "queued", "running", "table")
+    __slots__ = ("cancel_sent", "events", "fd", "fileobj", "handle", "loop", "op", "queued", "running", "table")
 
     def __init__(self, loop: Any, table: dict[int, _Watch], fd: int, events: int) -> None:
         self.loop = loop
@@ -106,6 +106,7 @@ class _Watch:
         self.queued = False  # the handle sits in the ready queue (op idle meanwhile)
         self.running = False  # the handle's callback is running right now
         self.cancel_sent = False  # the op in flight was cancelled: ignore its result
+        self.fileobj: Any = fd  # what the caller registered (found again after it is closed)
 
     def arm(self) -> None:
         self.cancel_sent = False
@@ -220,6 +221,7 @@ class ReadinessMixin(NetMixin):
             watch = table[fd] = _Watch(self, table, fd, events)
         handle = Handle(callback, args, self, None)
         handle._watch = watch
+        watch.fileobj = fileobj
         watch.set(handle)
         return handle
 
@@ -228,8 +230,13 @@ class ReadinessMixin(NetMixin):
             return False
         fd = _fileno(fileobj)
         if fd < 0:
-            raise ValueError(f"Invalid file descriptor: {fd}")
-        watch = table.get(fd)
+            # A socket closed after add_reader(sock): like selectors, find its
+            # registration by the object itself.
+            watch = next((w for w in table.values() if w.fileobj is fileobj), None)
+            if watch is None:
+                raise ValueError(f"Invalid file descriptor: {fd}")
+        else:
+            watch = table.get(fd)
         return watch is not None and watch.clear()
 
     # The underscored forms skip the transport check (the stdlib's internals,

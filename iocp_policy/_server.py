@@ -32,6 +32,8 @@ from asyncio import trsock
 from collections.abc import Callable
 from typing import Any
 
+from ._port import in_current_context
+
 logger = logging.getLogger("asyncio")
 
 ACCEPT_RETRY_DELAY = 1.0
@@ -46,10 +48,14 @@ _SKIP = frozenset(
 )
 
 
-def close_listening_socket(sock: socket.socket, cleanup: tuple[Any, int] | None) -> None:
-    """Close a listening socket; unlink its unix path if it is still the one
-    we bound (same inode), as Python 3.13's ``cleanup_socket`` does."""
-    sock.close()
+def close_listening_socket(sock: socket.socket | int, cleanup: tuple[Any, int] | None) -> None:
+    """Close a listening socket (or its detached fd); unlink its unix path if
+    it is still the one we bound (same inode), as Python 3.13's
+    ``cleanup_socket`` does."""
+    if isinstance(sock, int):
+        socket.close(sock)  # close(2) on POSIX, closesocket on Windows
+    else:
+        sock.close()
     if cleanup is None:
         return
     path, inode = cleanup
@@ -74,7 +80,10 @@ class Listener:
         self._sock: socket.socket | None = sock
         self._on_connection = on_connection
         self._cleanup = cleanup  # (path, inode) of a unix socket to unlink at close
-        self._op = self._port.op(sock, self._on_accept)
+        # Accepts run in the context of the task that started serving, as
+        # the stdlib's reader callback does (connection_made & co. see it).
+        self._op = self._port.op(sock, in_current_context(self._on_accept))
+        self._raw_fd: int | None = None  # the fd of a socket detached by stop()
         self._multishot = True
         self._accepted = False
         self._stopped = False
@@ -96,13 +105,28 @@ class Listener:
             self._retry = None
         if self._op.active:
             self._port.cancel(self._op)
+            # The caller sees the socket closed now, as with the stdlib; the
+            # fd itself stays open until the accept is reaped (closing it
+            # under an operation in flight would let its number be reused).
+            if self._sock is not None:
+                self._raw_fd = self._sock.detach()
+                self._sock = None
+                self._loop._deferred_fds.add(self)
         else:
             self._close_socket()
 
+    def _close_after_port(self) -> None:
+        """The loop closed before the cancelled accept's completion was dispatched."""
+        if not self._op.active:
+            self._close_socket()
+
     def _close_socket(self) -> None:
-        sock = self._sock
+        sock: socket.socket | int | None = self._sock
+        if sock is None:
+            sock, self._raw_fd = self._raw_fd, None
+            self._loop._deferred_fds.discard(self)
+        self._sock = None
         if sock is not None:
-            self._sock = None
             close_listening_socket(sock, self._cleanup)
 
     def _on_accept(self, res: int) -> None:

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._pipes import PipeMixin
-from ._port import require_pipes
+from ._port import in_current_context, require_pipes
 
 logger = logging.getLogger("asyncio")
 
@@ -74,7 +74,8 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
         # the base class kills the child.
         port = self._loop._port
         pid = self._proc.pid
-        self._exit_op = port.op(pid, self._on_exit)
+        # In the creating task's context, as the stdlib's child watcher callback.
+        self._exit_op = port.op(pid, in_current_context(self._on_exit))
         port.wait_process(self._exit_op, pid)
 
     def _on_exit(self, res: int) -> None:

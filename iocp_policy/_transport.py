@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import warnings
 from asyncio import trsock
 from collections.abc import Callable
 from typing import Any
 
 from ._flow import FlowControl
+from ._port import in_current_context
 
 logger = logging.getLogger("asyncio")
 
@@ -52,8 +54,12 @@ class PortTransport(FlowControl):
         self._closing = False  # close() or abort(): no more reading
         self._conn_lost = 0  # connection_lost scheduled; writes are refused
         self._fd_closed = False
-        self._rop = self._port.op(fileobj, self._on_read)
-        self._wop = self._port.op(fileobj, self._on_write)
+        self._raw_fd: int | None = None  # the fd of a socket detached at connection_lost
+        # Completions run in (a copy of) the context of the task that made the
+        # transport, as the stdlib's reader/writer callbacks do: protocol
+        # callbacks, and what they schedule, see that task's context vars.
+        self._rop = self._port.op(fileobj, in_current_context(self._on_read))
+        self._wop = self._port.op(fileobj, in_current_context(self._on_write))
 
     # -- what each kind of transport provides ----------------------------------
 
@@ -70,7 +76,11 @@ class PortTransport(FlowControl):
         raise NotImplementedError  # pragma: no cover
 
     def _close_fd(self) -> None:
-        self._sock.close()
+        if self._raw_fd is not None:
+            socket.close(self._raw_fd)  # close(2) on POSIX, closesocket on Windows
+            self._raw_fd = None
+        else:
+            self._sock.close()
 
     # -- shared -----------------------------------------------------------------
 
@@ -158,11 +168,27 @@ class PortTransport(FlowControl):
 
     def _release_fd(self) -> None:
         """Close the fd once no operation on it is left in the kernel."""
-        if self._fd_closed or self._rop.active or self._wop.active:
+        if self._fd_closed:
+            return
+        if self._rop.active or self._wop.active:
+            # The protocol is told the connection is lost and a caller
+            # holding the socket sees it closed, as with the stdlib; the fd
+            # itself stays open until the cancelled operations are reaped.
+            if self._raw_fd is None and isinstance(self._sock, socket.socket):
+                self._raw_fd = self._sock.detach()
+            self._loop._deferred_fds.add(self)
             return
         self._fd_closed = True
+        self._loop._deferred_fds.discard(self)
         self._close_fd()
         self._sock = None
+
+    def _close_after_port(self) -> None:
+        """The loop closed before our ops' final completions were dispatched."""
+        if not self._fd_closed and not self._rop.active and not self._wop.active:
+            self._fd_closed = True
+            self._close_fd()
+            self._sock = None
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         sock = getattr(self, "_sock", None)

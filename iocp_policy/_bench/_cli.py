@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, help="rounds over all loops (quick 2, full 3)")
     p.add_argument("--duration", type=float, help="seconds measured per network run (quick 0.5, full 3)")
     p.add_argument("--warmup", type=float, help="seconds of load before measuring (quick 0.25, full 1)")
+    p.add_argument("--micro-ops", type=int, metavar="N",
+                   help="operations per microbenchmark run instead of the preset (smoke tests, slow hosts)")
     p.add_argument("--json", nargs="?", const="-", metavar="PATH",
                    help="write all results as JSON to PATH (no PATH or '-': stdout, tables go to stderr)")
     p.add_argument("--plot", metavar="PNG", help="write a bar chart of the ratios against asyncio")
@@ -90,6 +92,8 @@ def _plan(args: argparse.Namespace) -> tuple[Results, Settings, list[_workloads.
     chosen = _workloads.select(args.workloads.split(",") if args.workloads else None, quick=not args.full)
     if not chosen:
         raise SystemExit(f"no workload matches {args.workloads!r} (see --list)")
+    if args.micro_ops is not None and args.micro_ops < 1:
+        raise SystemExit(f"--micro-ops must be at least 1, not {args.micro_ops}")
     notes: list[str] = []
     loops_info = _loop_table(names, notes)
     workloads = _available_workloads(chosen, notes)
@@ -98,7 +102,8 @@ def _plan(args: argparse.Namespace) -> tuple[Results, Settings, list[_workloads.
         notes.append(cpu_note)
     st = Settings(rounds=args.rounds or int(base["rounds"]), warmup=args.warmup or base["warmup"],
                   duration=args.duration or base["duration"], full=args.full, server_cpu=server_cpu,
-                  client_cpus=client_cpus, micro_timeout=base["micro_timeout"])
+                  client_cpus=client_cpus, micro_timeout=base["micro_timeout"],
+                  micro_ops=args.micro_ops)
     results = Results(
         config={**asdict(st), "mode": "full" if args.full else "quick",
                 "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -39,6 +39,7 @@ class Settings:
     server_cpu: int | None  # the core of the server / microbenchmark process
     client_cpus: tuple[int, ...]  # the cores of the load generator (one thread each); () = unpinned
     micro_timeout: float  # seconds before a microbenchmark counts as hung
+    micro_ops: int | None = None  # overrides each microbenchmark's preset size
     startup_timeout: float = 30.0
 
 
@@ -174,7 +175,7 @@ def _fill_net(run: Run, out: dict[str, Any], server_note: str | None) -> Run:
 
 def run_micro(w: MicroWorkload, loop: str, rnd: int, st: Settings) -> Run:
     run = Run(workload=w.name, loop=loop, round=rnd)
-    ops = w.ops_full if st.full else w.ops_quick
+    ops = st.micro_ops or (w.ops_full if st.full else w.ops_quick)
     cmd = [*CHILD, "micro", "--loop", loop, "--name", w.name, "--ops", str(ops)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=st.micro_timeout,
