@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import io
 import logging
 import os
@@ -51,6 +52,15 @@ def check_nonblocking_socket(sock: Any) -> None:
     # block the whole loop on our direct-syscall fast path, so we always do.
     if sock.gettimeout() != 0:
         raise ValueError("the socket must be non-blocking")
+
+
+def _connect_done(fut: asyncio.Future[None], address: Any, res: int) -> None:
+    if fut.done():
+        return
+    if res < 0:
+        fut.set_exception(OSError(-res, f"Connect call failed {address}"))
+    else:
+        fut.set_result(None)
 
 
 class SockMixin(DNSMixin):
@@ -154,6 +164,8 @@ class SockMixin(DNSMixin):
             elif orphan is not None and fut.done() and not fut.cancelled() and fut.exception() is None:
                 orphan(fut.result())
             raise
+        finally:
+            del fut, op  # this frame is in a failure's traceback: no cycle through fut
 
     async def _wait_ready(self, sock: Any, events: int) -> None:
         fut = self.create_future()
@@ -359,18 +371,15 @@ class SockMixin(DNSMixin):
             )
             address = resolved[0][4]
         fut: asyncio.Future[None] = self.create_future()
-
-        def done(res: int) -> None:
-            if fut.done():
-                return
-            if res < 0:
-                fut.set_exception(OSError(-res, f"Connect call failed {address}"))
-            else:
-                fut.set_result(None)
-
-        op = self._sock_op(sock, done)
+        op = self._sock_op(sock, functools.partial(_connect_done, fut, address))
         self._port.connect(op, address)
-        await self._await_op(fut, op)
+        try:
+            await self._await_op(fut, op)
+        finally:
+            # A failure's traceback holds this frame; without this the frame
+            # would hold fut, which holds the failure: a reference cycle that
+            # keeps both alive until the GC runs (CPython's gh-124859).
+            del fut, op
 
     async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
         check_nonblocking_socket(sock)

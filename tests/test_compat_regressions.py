@@ -8,6 +8,7 @@ import contextvars
 import gc
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -130,6 +131,32 @@ def test_failed_create_connection_leaves_no_reference_cycle(run: Any) -> None:
     assert run(main()) == ["coroutine"]
 
 
+def test_failed_sock_connect_leaves_no_reference_cycle(run: Any) -> None:
+    """The error's traceback holds the loop's frames; none of them may still
+    hold a future, which holds the error: a cycle (anyio's happy-eyeballs
+    refcycle test, CPython's gh-124859)."""
+    async def main() -> list[str]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with socket.socket() as c:
+            c.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(c, ("127.0.0.1", port))
+            except OSError as exc:
+                held = []
+                tb = exc.__traceback__
+                while tb is not None:
+                    frame = tb.tb_frame
+                    held += [f"{frame.f_code.co_name}:{name}" for name, value in frame.f_locals.items()
+                             if isinstance(value, asyncio.Future)]
+                    tb = tb.tb_next
+                return held
+        return ["connected?"]
+
+    assert run(main()) == []
+
+
 def test_datagram_sendto_after_close_is_ignored(port_name: str) -> None:
     """Ours only: the stdlib raises AttributeError out of sendto() here."""
     import iocp_policy
@@ -180,3 +207,23 @@ def test_closed_server_and_transport_fds_are_released(port_name: str, close_loop
         lp.close()
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_loop_is_freed_after_anyio_run_with_a_worker_thread(
+        loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    """anyio's issue #1203 test: after anyio.run() the closed loop is garbage.
+    The worker thread that to_thread used holds the loop until it has run
+    once more; run_forever() hands it the GIL before returning."""
+    anyio = pytest.importorskip("anyio")
+    import weakref
+
+    def worker() -> None:
+        pass
+
+    async def main() -> weakref.ref[asyncio.AbstractEventLoop]:
+        await anyio.to_thread.run_sync(worker)
+        return weakref.ref(asyncio.get_running_loop())
+
+    ref = anyio.run(main, backend="asyncio", backend_options={"loop_factory": loop_factory})
+    gc.collect()
+    assert ref() is None
