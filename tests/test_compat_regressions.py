@@ -8,7 +8,6 @@ import contextvars
 import gc
 import socket
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -131,10 +130,14 @@ def test_failed_create_connection_leaves_no_reference_cycle(run: Any) -> None:
     assert run(main()) == ["coroutine"]
 
 
-def test_failed_sock_connect_leaves_no_reference_cycle(run: Any) -> None:
+def test_failed_sock_connect_leaves_no_reference_cycle(run: Any, loop_name: str,
+                                                      request: pytest.FixtureRequest) -> None:
     """The error's traceback holds the loop's frames; none of them may still
     hold a future, which holds the error: a cycle (anyio's happy-eyeballs
     refcycle test, CPython's gh-124859)."""
+    if loop_name == "stdlib" and sys.platform == "win32":
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="the stdlib's ProactorEventLoop keeps the future in _register's frame"))
     async def main() -> list[str]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -209,13 +212,16 @@ def test_closed_server_and_transport_fds_are_released(port_name: str, close_loop
     assert len(os.listdir("/proc/self/fd")) == before
 
 
-def test_loop_is_freed_after_anyio_run_with_a_worker_thread(
-        loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+def test_loop_is_freed_after_anyio_run_with_a_worker_thread(port_name: str) -> None:
     """anyio's issue #1203 test: after anyio.run() the closed loop is garbage.
     The worker thread that to_thread used holds the loop until it has run
-    once more; run_forever() hands it the GIL before returning."""
+    once more; our run_forever() hands it the GIL before returning.  Ours
+    only: on the stdlib loop this is a race (it fails in most runs of this
+    file on the 2-core CI machine and passes in anyio's suite)."""
     anyio = pytest.importorskip("anyio")
     import weakref
+
+    import iocp_policy
 
     def worker() -> None:
         pass
@@ -224,6 +230,7 @@ def test_loop_is_freed_after_anyio_run_with_a_worker_thread(
         await anyio.to_thread.run_sync(worker)
         return weakref.ref(asyncio.get_running_loop())
 
-    ref = anyio.run(main, backend="asyncio", backend_options={"loop_factory": loop_factory})
+    ref = anyio.run(main, backend="asyncio",
+                    backend_options={"loop_factory": lambda: iocp_policy.new_event_loop(backend=port_name)})
     gc.collect()
     assert ref() is None
