@@ -11,13 +11,9 @@ from typing import Any
 
 import pytest
 
-try:
-    import trustme
-except ImportError:  # Windows under Wine: the CI step makes the files with openssl
-    trustme = None
-    if not os.environ.get("IOCP_TEST_TLS_DIR"):
-        pytest.skip("needs trustme (or IOCP_TEST_TLS_DIR with ca.pem, server.pem, server.key)",
-                    allow_module_level=True)
+# Under Wine, where cryptography does not load, .ci/steps/wine.sh provides a
+# stand-in (compat/wine/trustme.py) serving certificates made with openssl.
+trustme = pytest.importorskip("trustme", reason="trustme makes the test certificates")
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +21,9 @@ def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A CA and a server certificate for localhost/127.0.0.1, made at test time."""
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     client_ctx = ssl.create_default_context()
-    if trustme is not None:
-        ca = trustme.CA()
-        ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
-        ca.configure_trust(client_ctx)
-    else:
-        d = os.environ["IOCP_TEST_TLS_DIR"]
-        server_ctx.load_cert_chain(os.path.join(d, "server.pem"), os.path.join(d, "server.key"))
-        client_ctx.load_verify_locations(os.path.join(d, "ca.pem"))
+    ca = trustme.CA()
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
+    ca.configure_trust(client_ctx)
     return server_ctx, client_ctx
 
 

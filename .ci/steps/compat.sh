@@ -69,7 +69,7 @@ lint_rc=0
 "$C/venv-anyio/bin/pip" install -q mypy ruff >"$C/pip-lint.log" 2>&1 || lint_rc=1
 if [ $lint_rc -eq 0 ]; then
   "$C/venv-anyio/bin/ruff" check --config "$ROOT/pyproject.toml" "$ROOT/compat" >"$C/lint.log" 2>&1 || lint_rc=1
-  for dir in lib uvloop anyio; do  # one mypy per directory: uvloop/ and anyio/ both have a run.py
+  for dir in lib uvloop anyio wine; do  # one mypy per directory: uvloop/ and anyio/ both have a run.py
     (cd "$ROOT/compat/$dir" && MYPYPATH=$ROOT/compat/lib "$C/venv-anyio/bin/mypy" --strict --python-version 3.11 \
        --explicit-package-bases --follow-imports=silent --no-incremental ./*.py $( [ $dir = uvloop ] && echo shim/uvloop/__init__.py )) \
       >>"$C/lint.log" 2>&1 || lint_rc=1

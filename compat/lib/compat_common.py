@@ -8,7 +8,10 @@
   whether it was raised inside ``iocp_policy``).
 - :class:`Rules`: the reasoned lists in a suite's ``expectations.toml``
   (``[[exclude]]`` and ``[[expected-failure]]``), matched against test ids.
-- :func:`run_pytest`: one pytest run of a suite in a child process.
+- :func:`run_all`: the pytest runs of a suite in child processes, started by
+  a :class:`Launcher` (this interpreter, or with :func:`wine_launcher` the
+  Windows CPython under Wine, whose environment :func:`wine_env` and
+  :func:`install_for_windows` prepare: ``compat/anyio/run.py --wine``).
 
 Imported by the runners and, inside the pytest child processes, by the suite
 plugins (``PYTHONPATH`` holds this directory, never ``compat/`` itself, where
@@ -29,7 +32,7 @@ import threading
 import time
 import tomllib
 import traceback
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -376,6 +379,7 @@ class _Job:
     out_dir: Path
     deadline: float
     run: Run
+    launcher: Launcher
     collected: list[str] = field(default_factory=list)
     part: int = 0
     proc: subprocess.Popen[bytes] | None = None
@@ -389,11 +393,15 @@ class _Job:
         self.report = self.out_dir / f"{self.label}{suffix}.jsonl"
         log = self.out_dir / f"{self.label}{suffix}.log"
         self.report.unlink(missing_ok=True)  # a report left by an earlier run must not pass for this one's
-        cmd = [sys.executable, "-m", "pytest", *self.args, *self.targets, "--compat-report", str(self.report)]
+        launcher = self.launcher
+        targets = [f"@{launcher.path(Path(t[1:]))}" if t.startswith("@") else t for t in self.targets]
+        cmd = [*launcher.pytest, *self.args, *targets, "--compat-report", launcher.path(self.report)]
         with log.open("wb") as f:
             f.write((" ".join(cmd) + "\n").encode())
             f.flush()
-            self.proc = subprocess.Popen(cmd, cwd=cwd, env=dict(self.env), stdout=f, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, cwd=cwd, env=dict(self.env), stdout=f, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL if launcher.own_session else None,
+                                         start_new_session=launcher.own_session)
         self.run.logs.append(log)
         self.started = time.monotonic()
         self.finished_at = None
@@ -419,7 +427,10 @@ class _Job:
             self.run.incomplete = True
         else:
             return False
-        self.proc.kill()
+        if self.launcher.own_session:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the wrapper and what it started
+        else:
+            self.proc.kill()
         self.proc.wait()
         return True
 
@@ -474,21 +485,35 @@ class _Job:
         return rest
 
 
+@dataclass(frozen=True)
+class Launcher:
+    """How a pytest process is started: the command before pytest's arguments,
+    how a path on this side is written for it, and whether it gets a session
+    of its own (a wrapper script whose process group is killed as a whole;
+    its stdin is then ``/dev/null``)."""
+
+    pytest: tuple[str, ...] = (sys.executable, "-m", "pytest")
+    path: Callable[[Path], str] = str
+    own_session: bool = False
+
+
 def run_all(jobs: Sequence[tuple[str, Sequence[str], Sequence[str], Mapping[str, str]]], *, cwd: Path,
-            out_dir: Path, parallel: int, deadline: float = 2400.0) -> dict[str, Run]:
+            out_dir: Path, parallel: int, deadline: float = 2400.0, launcher: Launcher | None = None
+            ) -> dict[str, Run]:
     """Run pytest once per job ``(label, args, targets, env)``, ``parallel`` at a
     time, recording into ``out_dir/LABEL*.jsonl``; return the runs by label.
 
     A run whose pytest process dies goes on in a new process with the tests it
     had not run (``@file`` arguments); one stuck at exit after its session, or
-    past ``deadline`` seconds, is killed.
+    past ``deadline`` seconds, is killed.  ``launcher`` starts pytest (default:
+    this interpreter).
     """
     # A background job of a non-interactive shell (``cmd &`` in .ci/steps/compat.sh)
     # starts with SIGINT ignored, and exec keeps it ignored in the children; the
     # suites' signal tests send SIGINT to subprocesses and expect KeyboardInterrupt.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    pending = [_Job(label, list(args), list(targets), env, out_dir, deadline, Run(label))
+    pending = [_Job(label, list(args), list(targets), env, out_dir, deadline, Run(label), launcher or Launcher())
                for label, args, targets, env in jobs]
     running: list[tuple[_Job, float]] = []
     done: dict[str, Run] = {}
@@ -526,6 +551,67 @@ def child_env(extra_path: Sequence[Path], **overrides: str) -> dict[str, str]:
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env.update(overrides)
+    return env
+
+
+# --------------------------------------------------------------------------- Windows CPython under Wine
+
+#: ``compat/wine``: what the Windows interpreter under Wine gets on its
+#: ``sys.path`` and Linux runs never do (a ``sitecustomize``, the trustme stand-in).
+WINE_ONLY = Path(__file__).resolve().parents[1] / "wine"
+REPO = Path(__file__).resolve().parents[2]
+WINDOWS_WHEELS = ("--platform", "win_amd64", "--python-version", "3.13", "--implementation", "cp", "--abi", "cp313")
+
+
+def wine_path(path: Path) -> str:
+    """``path`` as the Windows interpreter under Wine sees it: drive ``Z:`` is ``/``."""
+    return "Z:" + str(path.resolve()).replace("/", "\\")
+
+
+def wine_launcher(wine_dir: Path) -> Launcher:
+    """pytest in the Windows CPython under Wine (``shared/wine/python.sh -m pytest``)."""
+    return Launcher((str(wine_dir / "python.sh"), "-m", "pytest"), wine_path, own_session=True)
+
+
+def pins(requirements: Path) -> dict[str, str]:
+    """The ``name==version`` lines of a requirements file, by normalised name."""
+    out: dict[str, str] = {}
+    for line in requirements.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line and not line.startswith("-"):
+            name, version = line.split("==", 1)
+            out[name.strip().lower().replace("_", "-")] = version.strip()
+    return out
+
+
+def install_for_windows(requirements: Path, target: Path) -> None:
+    """Install ``requirements`` (every dependency listed) into ``target`` for the
+    Windows CPython 3.13 under Wine: win_amd64/cp313 or pure wheels, no
+    dependency resolution (pip would evaluate markers against this host)."""
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check",
+           "--target", str(target), "--upgrade", *WINDOWS_WHEELS, "--only-binary", ":all:", "--no-deps",
+           "-r", str(requirements)]
+    subprocess.run(cmd, check=True)
+
+
+def wine_env(work: Path, python_path: Sequence[Path], hide_modules: Sequence[str] = ()) -> dict[str, str]:
+    """The environment of a pytest child in the Windows CPython under Wine.
+
+    ``sys.path`` gets the checkout (``iocp_policy``), ``compat/wine`` and
+    ``python_path``, before what ``WINEPY_PYTHONPATH`` holds already; the
+    trustme stand-in serves certificates made now with the host's openssl;
+    bytecode goes to ``work/pycache`` (for the child processes the suite
+    starts too), never beside the sources; ``hide_modules`` cannot be
+    imported.  See ``compat/wine/sitecustomize.py``.
+    """
+    certs = work / "trustme"
+    subprocess.run([sys.executable, str(WINE_ONLY / "trustme.py"), "make", str(certs)], check=True)
+    env = dict(os.environ)
+    paths = [str(p) for p in (WINE_ONLY, *python_path)] + env.get("WINEPY_PYTHONPATH", "").split(":")
+    env.update(WINEPY_PROJECT_ROOT=str(REPO), WINEPY_PYTHONPATH=":".join(dict.fromkeys(filter(None, paths))),
+               PYTHONUTF8="1", IOCP_WINE_TRUSTME_DIR=wine_path(certs),
+               IOCP_WINE_PYCACHE_PREFIX=wine_path(work / "pycache"), IOCP_WINE_LINECACHE_ONCE="1",
+               IOCP_WINE_HIDE_MODULES=",".join(hide_modules), PYTHONDONTWRITEBYTECODE="1")
     return env
 
 
